@@ -1,0 +1,3 @@
+from kochat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Errors meant for people: one line each, file and record, what was expected and found."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one record (or with a file, when `record` is None)."""
+
+    path: str
+    line: int | None
+    record: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}:" if self.line is not None else f"{self.path}:"
+        parts = [where]
+        if self.record is not None:
+            parts.append(f"record {self.record}:")
+        if self.field is not None:
+            parts.append(f"field '{self.field}':")
+        parts.append(self.message)
+        return " ".join(parts)
+
+
+class KochatError(Exception):
+    """A user error: reported as its message lines, never as a traceback."""
+
+    exit_code = EXIT_USAGE
+
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+
+class UsageError(KochatError):
+    """Bad arguments, or a file that cannot be read as records (exit 2)."""
+
+
+class InvalidDataError(KochatError):
+    """Records that break the schema (exit 1); carries every problem found."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, problems: list[Problem], summary: str = ""):
+        self.problems = problems
+        self.summary = summary
+        super().__init__(summary or f"{len(problems)} problems")
+
+    def lines(self) -> list[str]:
+        return [str(problem) for problem in self.problems] + ([self.summary] if self.summary else [])

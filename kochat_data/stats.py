@@ -1,0 +1,214 @@
+"""`kochat data stats`: what is in raw files or a built directory, computed with polars."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import datasets
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from kochat_data.errors import UsageError
+from kochat_data.pairs import expand_pairs
+from kochat_data.schema import Kind
+from kochat_data.text import fold, hangul_ratio, looks_serialised, prompt_id
+from kochat_data.validate import validate_file
+
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+LOW_HANGUL = 0.5
+EXAMPLES = 3
+TEXT_COLUMNS = {Kind.SFT: ["prompt", "completion"], Kind.RM: ["prompt", "chosen", "rejected"], Kind.PPO: ["prompt"]}
+
+
+def collect_stats(paths: list[Path], tokenizer: str | None = None) -> dict:
+    """The report for each path (a data file or a built directory) and the prompt overlap across kinds."""
+    tokenize = _load_tokenizer(tokenizer) if tokenizer else None
+    sources, prompts_by_kind = [], {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            sources.append(_built_report(path, tokenize))
+            continue
+        report, frame = _file_report(path, tokenize)
+        sources.append(report)
+        prompts_by_kind.setdefault(report["kind"], set()).update(frame.get_column("prompt_id").to_list())
+    return {"sources": sources, "prompt_overlap": _overlap(prompts_by_kind)}
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--tokenizer {name}: cannot load it ({str(err).splitlines()[0]})") from None
+    return lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _file_report(path: Path, tokenize) -> tuple[dict, pl.DataFrame]:
+    validated = validate_file(path)
+    kind = validated.kind
+    frame = pl.DataFrame(
+        [{key: value for key, value in record.items() if key not in ("extra", "index", "line")} for record in validated.records]
+    ) if validated.records else pl.DataFrame({"prompt": []}, schema={"prompt": pl.String})
+    frame = frame.with_columns(prompt_id=pl.col("prompt").map_elements(prompt_id, return_dtype=pl.String))
+    value_columns = [c for c in frame.columns if c != "prompt_id"]
+    report = {
+        "path": str(path), "type": "file", "kind": kind.value, "format": validated.file_format.value,
+        "records": validated.total, "rejects": len(validated.rejects),
+        "reject_examples": [str(problem) for problem in validated.problems[:EXAMPLES]],
+        "duplicates": _duplicates(frame, value_columns),
+    }
+    texts = {"prompt": frame.get_column("prompt")}
+    if kind is Kind.SFT:
+        texts["completion"] = frame.get_column("completion")
+    if kind is Kind.RM and frame.height:
+        texts["completion"] = frame.get_column("completions").explode()
+        report["rm"] = _ranking_report(frame)
+    report["texts"] = {name: _text_report(series, tokenize) for name, series in texts.items()}
+    return report, frame
+
+
+def _duplicates(frame: pl.DataFrame, columns: list[str]) -> dict:
+    """Rows equal to an earlier row: exactly (after NFC, which reading applies) and after whitespace folding."""
+    if frame.height == 0:
+        return {"exact": 0, "folded": 0}
+    folded = frame.select(
+        pl.col(c).map_elements(fold, return_dtype=pl.String) if frame.schema[c] == pl.String
+        else pl.col(c).list.eval(pl.element().map_elements(fold, return_dtype=pl.String)) if frame.schema[c] == pl.List(pl.String)
+        else pl.col(c)
+        for c in columns
+    )
+    return {"exact": frame.height - frame.select(columns).n_unique(), "folded": frame.height - folded.n_unique()}
+
+
+def _ranking_report(frame: pl.DataFrame) -> dict:
+    """Where the best completion sits (position bias), ties and the pairs the records give."""
+    records = frame.with_row_index("record")
+    pairs, ties = expand_pairs(records)
+    best = records.select(
+        k=pl.col("ranking").list.len(), best_position=pl.col("ranking").list.arg_min()
+    )
+    bias = (
+        best.group_by("k", "best_position").len().sort("k", "best_position")
+        .with_columns(share=pl.col("len") / pl.col("len").sum().over("k"))
+    )
+    by_k = {}
+    for row in bias.iter_rows(named=True):
+        by_k.setdefault(str(row["k"]), {})[f"completion_{row['best_position']}"] = round(row["share"], 4)
+    return {"best_position_share": by_k, "ties": ties, "pairs": pairs.height,
+            "completions_per_record": best.get_column("k").value_counts().sort("k").rows()}
+
+
+def _text_report(texts: pl.Series, tokenize) -> dict:
+    frame = pl.DataFrame({"text": texts}).with_columns(
+        chars=pl.col("text").str.len_chars(),
+        hangul=hangul_ratio(pl.col("text")),
+        serialised=looks_serialised(pl.col("text")),
+    )
+    report = {
+        "count": frame.height,
+        "chars": _distribution(frame.get_column("chars")),
+        "hangul_ratio_mean": round(frame.get_column("hangul").mean() or 0.0, 4),
+        "low_hangul_share": round((frame.get_column("hangul") < LOW_HANGUL).mean() or 0.0, 4),
+        "low_hangul_examples": frame.filter(pl.col("hangul") < LOW_HANGUL).get_column("text").head(EXAMPLES).to_list(),
+        "serialised": int(frame.get_column("serialised").sum()),
+        "serialised_examples": [t[:120] for t in frame.filter("serialised").get_column("text").head(EXAMPLES).to_list()],
+    }
+    if tokenize and frame.height:
+        report["tokens"] = _distribution(pl.Series(tokenize(frame.get_column("text").to_list())))
+    return report
+
+
+def _distribution(values: pl.Series) -> dict:
+    if values.len() == 0:
+        return {}
+    summary = {"min": int(values.min()), **{k: int(values.quantile(q, "nearest")) for k, q in QUANTILES.items()}}
+    return summary | {"max": int(values.max()), "mean": round(values.mean(), 1)}
+
+
+def _built_report(path: Path, tokenize) -> dict:
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise UsageError(f"{path}: a directory without manifest.json; expected a `kochat data build` output")
+    manifest = json.loads(manifest_path.read_text("utf-8"))
+    report = {"path": str(path), "type": "build", "manifest": {k: manifest[k] for k in ("seed", "eval_ratio", "rejects", "duplicates", "ties")}, "kinds": {}}
+    prompts = {}
+    for kind in Kind:
+        if not (path / kind.value).is_dir():
+            continue
+        splits = datasets.load_from_disk(str(path / kind.value))
+        kind_report = {}
+        for split, dataset in splits.items():
+            frame = pl.from_arrow(dataset.data.table)
+            prompts[(kind.value, split)] = set(frame.get_column("prompt_id").to_list())
+            kind_report[split] = {
+                "rows": frame.height,
+                "duplicates": _duplicates(frame, [c for c in TEXT_COLUMNS[kind]]),
+                "texts": {c: _text_report(frame.get_column(c), tokenize) for c in TEXT_COLUMNS[kind]},
+            }
+        report["kinds"][kind.value] = kind_report
+    train = set().union(*(ids for (_, split), ids in prompts.items() if split == "train"))
+    held_out = set().union(*(ids for (_, split), ids in prompts.items() if split == "eval"))
+    report["train_eval_prompt_overlap"] = len(train & held_out)
+    report["prompt_overlap"] = _overlap({f"{kind}/{split}": ids for (kind, split), ids in prompts.items()})
+    return report
+
+
+def _overlap(prompts: dict[str, set]) -> dict:
+    return {f"{a} & {b}": len(prompts[a] & prompts[b]) for a, b in itertools.combinations(sorted(prompts), 2)}
+
+
+def render_stats(report: dict, console: Console) -> None:
+    """The report as rich tables, one section per source."""
+    for source in report["sources"]:
+        if source["type"] == "file":
+            console.rule(f"{source['path']} — {source['kind']} ({source['format']})")
+            dup = source["duplicates"]
+            console.print(f"records {source['records']} · rejects {source['rejects']} · "
+                          f"duplicates {dup['exact']} exact, {dup['folded']} after folding")
+            for line in source["reject_examples"]:
+                console.print(f"  [red]{line}[/]", markup=True, highlight=False)
+            _render_texts(source["texts"], console)
+            if "rm" in source:
+                rm = source["rm"]
+                console.print(f"pairs {rm['pairs']} · tied pairs {rm['ties']} · completions per record {rm['completions_per_record']}")
+                for k, shares in rm["best_position_share"].items():
+                    console.print(f"best answer position (k={k}): " + ", ".join(f"{p} {s:.1%}" for p, s in shares.items()))
+        else:
+            console.rule(f"{source['path']} — built (seed {source['manifest']['seed']})")
+            m = source["manifest"]
+            console.print(f"rejects {m['rejects']} · duplicates dropped {m['duplicates']} · tied pairs {m['ties']}")
+            overlap = source["train_eval_prompt_overlap"]
+            colour = "green" if overlap == 0 else "red"
+            console.print(f"train/eval prompt overlap: [{colour}]{overlap}[/]")
+            for kind, splits in source["kinds"].items():
+                for split, split_report in splits.items():
+                    console.print(f"[bold]{kind}/{split}[/]: {split_report['rows']} rows")
+                    _render_texts(split_report["texts"], console)
+        if source.get("prompt_overlap"):
+            _render_overlap(source["prompt_overlap"], console)
+    if report["prompt_overlap"]:
+        console.rule("prompt overlap between kinds")
+        _render_overlap(report["prompt_overlap"], console)
+
+
+def _render_texts(texts: dict, console: Console) -> None:
+    table = Table(show_edge=False)
+    for column in ("field", "n", "chars min/p50/p90/p99/max", "tokens p50/p90/p99/max", "Hangul", "< 0.5", "serialised"):
+        table.add_column(column, justify="left" if column == "field" else "right")
+    for name, t in texts.items():
+        chars = "/".join(str(t["chars"].get(k, "-")) for k in ("min", "p50", "p90", "p99", "max"))
+        tokens = "/".join(str(t["tokens"][k]) for k in ("p50", "p90", "p99", "max")) if "tokens" in t else "-"
+        table.add_row(name, str(t["count"]), chars, tokens, f"{t['hangul_ratio_mean']:.2f}",
+                      f"{t['low_hangul_share']:.1%}", str(t["serialised"]))
+    console.print(table)
+    for name, t in texts.items():
+        for example in t["serialised_examples"]:
+            console.print(f"  [yellow]serialised {name}:[/] {example}", highlight=False)
+
+
+def _render_overlap(overlap: dict, console: Console) -> None:
+    console.print("prompt overlap: " + ", ".join(f"{pair} {count}" for pair, count in overlap.items()))

@@ -1,0 +1,42 @@
+"""Text normalisation and the keys that identify a prompt across files and kinds."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+import polars as pl
+
+# Rust-regex patterns (polars), so the metrics run over many rows at once.
+_HANGUL = r"\p{Hangul}"
+_LETTER = r"\p{L}"
+# Keys of the KoChatGPT files written inside a text: the mark of a record that was
+# serialised into a string field (the real PPO file has prompts like `…?", 'completion': …`).
+_LEAKED_FIELD = r"""["'](?:prompt|completion(?:_\d+)?|ranking|tokens?)["']\s*:"""
+
+
+def normalize(text: str) -> str:
+    """NFC (never NFKC: it would rewrite full-width and compatibility characters) and LF line ends."""
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n"))
+
+
+def fold(text: str) -> str:
+    """The comparison form of a text: NFC with every whitespace run folded to one space."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def prompt_id(prompt: str) -> str:
+    """A stable id of the folded prompt, shared by every file and kind it appears in."""
+    return hashlib.blake2b(fold(prompt).encode("utf-8"), digest_size=8).hexdigest()
+
+
+def hangul_ratio(texts: pl.Expr) -> pl.Expr:
+    """Hangul letters over all letters of each text; 0.0 for a text without letters."""
+    letters = texts.str.count_matches(_LETTER)
+    return pl.when(letters > 0).then(texts.str.count_matches(_HANGUL) / letters).otherwise(0.0)
+
+
+def looks_serialised(texts: pl.Expr) -> pl.Expr:
+    """True where a text contains a quoted record key such as `'completion':`."""
+    return texts.str.contains(_LEAKED_FIELD)
