@@ -87,7 +87,7 @@ def build(config: BuildConfig) -> dict:
     with atomic_directory(config.out, config.overwrite) as staging, progress_bar() as progress:
         task = progress.add_task("writing datasets", total=len(rows))
         for kind, kind_rows in rows.items():
-            tables, kind_counts = _split_tables(kind, kind_rows, pl.Series(eval_ids, dtype=pl.String))
+            tables, kind_counts = _split_tables(kind, kind_rows, eval_ids)
             _save(kind, tables, staging / kind.value, config, manifest["inputs"])
             manifest[kind.value] = _kind_summary(kind, files, kind_rows, kind_counts, tables)
             progress.advance(task)
@@ -142,7 +142,7 @@ def _unique_rows(kind: Kind, files: list[ValidatedFile]) -> KindRows:
     return rows
 
 
-def _split_tables(kind: Kind, rows: KindRows, eval_ids: pl.Series) -> tuple[dict[str, pa.Table], dict]:
+def _split_tables(kind: Kind, rows: KindRows, eval_ids: list[str]) -> tuple[dict[str, pa.Table], dict]:
     frame = pl.DataFrame(rows.columns)
     counts: dict = {}
     if kind is Kind.RM:
@@ -154,7 +154,7 @@ def _split_tables(kind: Kind, rows: KindRows, eval_ids: pl.Series) -> tuple[dict
                   "records_without_pairs": records.height - paired.len()}
         frame = pairs.join(records.select("record", "prompt", "prompt_id", "extra"), on="record", maintain_order="left")
     schema = FEATURES[kind].arrow_schema
-    in_eval = pl.col("prompt_id").is_in(eval_ids)
+    in_eval = pl.col("prompt_id").is_in(pl.Series(eval_ids, dtype=pl.String).implode())
     tables = {
         "train": frame.filter(~in_eval).select(schema.names).to_arrow().cast(schema),
         "eval": frame.filter(in_eval).select(schema.names).to_arrow().cast(schema),

@@ -19,15 +19,14 @@ class Problem:
     field: str | None
     message: str
 
+    def detail(self) -> str:
+        """What is wrong, without the location: `field 'X': expected …, got …`."""
+        return self.message if self.field is None else f"field '{self.field}': {self.message}"
+
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}:" if self.line is not None else f"{self.path}:"
-        parts = [where]
-        if self.record is not None:
-            parts.append(f"record {self.record}:")
-        if self.field is not None:
-            parts.append(f"field '{self.field}':")
-        parts.append(self.message)
-        return " ".join(parts)
+        record = f" record {self.record}:" if self.record is not None else ""
+        return f"{where}{record} {self.detail()}"
 
 
 class KochatError(Exception):

@@ -70,7 +70,7 @@ def validate_file(path: Path, kind: Kind | None = None) -> ValidatedFile:
 def _reject(result: ValidatedFile, display: str, source: SourceRecord, problems: list[tuple[str | None, str]]) -> None:
     located = [Problem(display, source.line, source.index, name, message) for name, message in problems]
     result.problems.extend(located)
-    reason = "; ".join(str(Problem("", None, None, name, message)).strip() for name, message in problems)
+    reason = "; ".join(problem.detail() for problem in located)
     result.rejects.append(
         {"file": display, "index": source.index, "line": source.line, "reason": reason, "record": source.data}
     )

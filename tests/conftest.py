@@ -1,0 +1,41 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kochat.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+def write_array(path: Path, records: list, bom: bool = True) -> Path:
+    """A file in the KoChatGPT style: one JSON array, indent 4, UTF-8 with BOM."""
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=4), encoding="utf-8-sig" if bom else "utf-8")
+    return path
+
+
+def write_lines(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `kochat ARGS…` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    root = Path(os.environ.get("KOCHAT_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not (root / "derived").is_dir():
+        pytest.skip(f"shared data not found at {root} (set KOCHAT_SHARED_DATA)")
+    return root

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO, SAMPLE, write_array, write_lines
+
+
+def test_validate_reports_every_problem_and_exits_1(tmp_path, run_cli):
+    path = write_lines(tmp_path / "rm.jsonl", [
+        {"prompt": "a", "completion_0": "x", "completion_1": "y", "ranking": [0, 1]},
+        {"prompt": "b", "completion_0": "x", "completion_1": "y", "completion_2": "z", "ranking": [0, 1]},
+        {"prompt": 5, "completion_0": "x", "completion_1": "y", "ranking": [1, 0]},
+    ])
+    code, out, err = run_cli("data", "validate", path)
+    assert code == 1
+    assert err.splitlines() == [
+        f"{path}:2: record 2: field 'ranking': expected 3 ints, got 2",
+        f"{path}:3: record 3: field 'prompt': expected text, got int 5",
+    ]
+    assert "2 invalid" in out
+
+
+def test_validate_json_and_kind_flag(tmp_path, run_cli):
+    path = write_array(tmp_path / "p.json", [{"prompt": "안녕", "completion": "네"}])
+    code, out, _ = run_cli("data", "validate", "--kind", "ppo", "--json", path)
+    assert code == 0
+    assert json.loads(out)[0] | {"path": None} == {"path": None, "kind": "ppo", "format": "json-array", "records": 1,
+                                                   "valid": 1, "invalid": 0, "problems": []}
+
+
+def test_unreadable_file_exits_2_with_one_line(tmp_path, run_cli):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes('[{"prompt": "안녕"}]'.encode("cp949"))
+    code, _, err = run_cli("data", "validate", path)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "CP949/EUC-KR" in err
+
+
+def test_user_errors_never_print_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "kochat", "data", "build", "--sft", str(tmp_path / "missing.json"),
+                             "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "no such file" in result.stderr
+
+
+def test_usage_error_from_argparse_exits_2(run_cli, capsys):
+    try:
+        run_cli("data", "build", "--seed", "x")
+    except SystemExit as stop:
+        assert stop.code == 2
+
+
+def test_build_and_stats_on_the_embedded_sample(tmp_path, run_cli):
+    out = tmp_path / "built"
+    code, stdout, _ = run_cli("data", "build", "--sft", SAMPLE / "kochatgpt_1_SFT.jsonl", "--rm", SAMPLE / "kochatgpt_2_RM.jsonl",
+                              "--ppo", SAMPLE / "kochatgpt_3_PPO.jsonl", "--out", out)
+    assert code == 0 and "prompts:" in stdout
+    assert json.loads((out / "manifest.json").read_text("utf-8"))["rm"]["pairs"]["written"] == 120
+    code, stdout, _ = run_cli("data", "stats", "--json", out, *sorted(SAMPLE.glob("*.jsonl")))
+    report = json.loads(stdout)
+    built, *files = report["sources"]
+    assert built["train_eval_prompt_overlap"] == 0
+    assert [f["kind"] for f in files] == ["sft", "rm", "ppo"]
+    assert report["prompt_overlap"]["rm & sft"] == 25
+    code, stdout, _ = run_cli("data", "stats", out)
+    assert code == 0 and "train/eval prompt overlap: 0" in stdout
