@@ -65,6 +65,7 @@ class KindRows:
     """The unique records of one kind, as columns, with per-file duplicate counts."""
 
     columns: dict[str, list] = field(default_factory=dict)
+    kept: int = 0
     duplicates: dict[int, int] = field(default_factory=dict)
     """Duplicates dropped, by position of the input file in the build's file list."""
 
@@ -87,7 +88,7 @@ def build(config: BuildConfig) -> dict:
     with atomic_directory(config.out, config.overwrite) as staging, progress_bar() as progress:
         task = progress.add_task("writing datasets", total=len(rows))
         for kind, kind_rows in rows.items():
-            tables, kind_counts = _split_tables(kind, kind_rows, eval_ids)
+            tables, kind_counts = _split_tables(kind, kind_rows, eval_ids, config.seed)
             _save(kind, tables, staging / kind.value, config, manifest["inputs"])
             manifest[kind.value] = _kind_summary(kind, files, kind_rows, kind_counts, tables)
             progress.advance(task)
@@ -108,12 +109,15 @@ def _validate_inputs(inputs: list[tuple[Kind, Path]]) -> list[ValidatedFile]:
     return files
 
 
-def _dedup_key(kind: Kind, record: dict) -> tuple:
+def _dedup_key(kind: Kind, record: dict) -> bytes:
+    """A digest of the folded record: 16 bytes to remember per record instead of its texts."""
     if kind is Kind.SFT:
-        return fold(record["prompt"]), fold(record["completion"])
-    if kind is Kind.RM:
-        return fold(record["prompt"]), tuple(map(fold, record["completions"])), tuple(record["ranking"])
-    return (fold(record["prompt"]),)
+        parts = [record["prompt"], record["completion"]]
+    elif kind is Kind.RM:
+        parts = [record["prompt"], *record["completions"], json.dumps(record["ranking"])]
+    else:
+        parts = [record["prompt"]]
+    return hashlib.blake2b("\x00".join(map(fold, parts)).encode("utf-8"), digest_size=16).digest()
 
 
 def _unique_rows(kind: Kind, files: list[ValidatedFile]) -> KindRows:
@@ -123,7 +127,7 @@ def _unique_rows(kind: Kind, files: list[ValidatedFile]) -> KindRows:
     if not any(f.records for f in files if f.kind is kind):
         return rows
     rows.columns = {name: [] for name in [*value_fields, "prompt_id", "extra"]}
-    seen: set[tuple] = set()
+    seen: set[bytes] = set()
     for position, validated in enumerate(files):
         if validated.kind is not kind:
             continue
@@ -139,25 +143,32 @@ def _unique_rows(kind: Kind, files: list[ValidatedFile]) -> KindRows:
             rows.columns["prompt_id"].append(prompt_id(record["prompt"]))
             rows.columns["extra"].append(json.dumps(record["extra"], ensure_ascii=False, sort_keys=True))
         rows.duplicates[position] = duplicates
+        validated.records.clear()  # the columns hold what is kept; free the per-record dicts
+    rows.kept = len(rows.columns["prompt"])
     return rows
 
 
-def _split_tables(kind: Kind, rows: KindRows, eval_ids: list[str]) -> tuple[dict[str, pa.Table], dict]:
-    frame = pl.DataFrame(rows.columns)
+def _split_tables(kind: Kind, rows: KindRows, eval_ids: list[str], seed: int) -> tuple[dict[str, pa.Table], dict]:
+    """Train and eval tables of one kind (RM records expanded to pairs), each in seeded order."""
+    # pyarrow converts the Python lists in C++; pl.DataFrame(dict of lists) peaks at ~3× the
+    # size of the data on the nested `completions` column.
+    frame = pl.from_arrow(pa.table(rows.columns))
+    rows.columns.clear()
     counts: dict = {}
     if kind is Kind.RM:
         records = frame.with_row_index("record")
-        pairs, ties = expand_pairs(records)
+        pairs, ties = expand_pairs(records, carry=("prompt", "prompt_id", "extra"))
         possible = records.select((pl.col("completions").list.len() * (pl.col("completions").list.len() - 1) // 2).sum()).item()
         paired = pairs.get_column("record").unique()
         counts = {"possible": possible, "ties": ties, "written": pairs.height,
                   "records_without_pairs": records.height - paired.len()}
-        frame = pairs.join(records.select("record", "prompt", "prompt_id", "extra"), on="record", maintain_order="left")
+        frame = pairs
     schema = FEATURES[kind].arrow_schema
     in_eval = pl.col("prompt_id").is_in(pl.Series(eval_ids, dtype=pl.String).implode())
+    stream = list(Kind).index(kind) * len(SPLITS)
     tables = {
-        "train": frame.filter(~in_eval).select(schema.names).to_arrow().cast(schema),
-        "eval": frame.filter(in_eval).select(schema.names).to_arrow().cast(schema),
+        split: shuffled(frame.filter(selector).select(schema.names), seed, stream + offset).to_arrow().cast(schema)
+        for offset, (split, selector) in enumerate([("train", ~in_eval), ("eval", in_eval)])
     }
     return tables, counts
 
@@ -165,10 +176,9 @@ def _split_tables(kind: Kind, rows: KindRows, eval_ids: list[str]) -> tuple[dict
 def _save(kind: Kind, tables: dict[str, pa.Table], out: Path, config: BuildConfig, inputs: list[dict]) -> None:
     identity = json.dumps([inputs, config.seed, config.eval_ratio, kind.value], sort_keys=True)
     splits = {}
-    for stream, split in enumerate(SPLITS):
+    for split in SPLITS:
         fingerprint = hashlib.sha256(f"{identity}:{split}".encode()).hexdigest()[:16]
-        table = shuffled(tables[split], config.seed, stream=list(Kind).index(kind) * len(SPLITS) + stream)
-        splits[split] = datasets.Dataset(table, info=datasets.DatasetInfo(features=FEATURES[kind]), fingerprint=fingerprint)
+        splits[split] = datasets.Dataset(tables[split], info=datasets.DatasetInfo(features=FEATURES[kind]), fingerprint=fingerprint)
     datasets.DatasetDict(splits).save_to_disk(str(out))
 
 
@@ -195,7 +205,7 @@ def _kind_summary(kind: Kind, files: list[ValidatedFile], rows: KindRows, counts
     mine = [f for f in files if f.kind is kind]
     summary = {
         "records": sum(f.total for f in mine),
-        "kept": len(rows.columns["prompt"]),
+        "kept": rows.kept,
         "rejected": sum(len(f.rejects) for f in mine),
         "duplicates": sum(rows.duplicates.values()),
         "rows": {split: table.num_rows for split, table in tables.items()},

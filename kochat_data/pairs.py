@@ -4,35 +4,39 @@ from __future__ import annotations
 
 import polars as pl
 
-RECORD_COLUMNS = ["record", "completions", "ranking"]
+
+def _position_pairs(counts: list[int]) -> pl.DataFrame:
+    """Every (first, second) position pair with first < second, for each completion count k."""
+    rows = [(k, first, second) for k in counts for first in range(k) for second in range(first + 1, k)]
+    return pl.DataFrame(rows, schema={"k": pl.UInt32, "first": pl.UInt32, "second": pl.UInt32}, orient="row")
 
 
-def expand_pairs(records: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+def expand_pairs(records: pl.DataFrame, carry: tuple[str, ...] = ()) -> tuple[pl.DataFrame, int]:
     """Every unordered pair of a record's completions with different ranks, and the tie count.
 
-    `records` has one row per RM record: `record` (a unique id), `completions` (list of str)
-    and `ranking` (list of int, lower is better). The result has one row per pair,
-    `record, chosen, rejected, chosen_rank, rejected_rank`, in (record, i, j) order, so that
-    k completions give up to k(k-1)/2 rows; tied pairs give none and are counted.
+    `records` has one row per RM record: `record` (a unique id), `completions` (list of str),
+    `ranking` (list of int, lower is better) and the `carry` columns. The result has one row
+    per pair, `record, *carry, chosen, rejected, chosen_rank, rejected_rank`, in
+    (record, first, second) order: k completions give up to k(k-1)/2 rows; tied pairs give
+    none and are counted. Joining on k with the position pairs builds exactly those
+    candidates (a self-join on the record would build k² rows of texts first).
     """
-    long = (
-        records.select(RECORD_COLUMNS)
-        .with_columns(position=pl.int_ranges(pl.col("completions").list.len()))
-        .explode(["completions", "ranking", "position"])
-        .rename({"completions": "text", "ranking": "rank"})
+    counted = records.select("record", *carry, "completions", "ranking", k=pl.col("completions").list.len())
+    counts = counted.get_column("k").unique().sort().to_list()
+    candidates = counted.join(_position_pairs(counts), on="k").sort("record", "first", "second").with_columns(
+        first_rank=pl.col("ranking").list.get(pl.col("first")),
+        second_rank=pl.col("ranking").list.get(pl.col("second")),
     )
-    joined = long.join(long, on="record", suffix="_b").filter(pl.col("position") < pl.col("position_b"))
-    ties = joined.filter(pl.col("rank") == pl.col("rank_b")).height
-    first_wins = pl.col("rank") < pl.col("rank_b")
-    pairs = (
-        joined.filter(pl.col("rank") != pl.col("rank_b"))
-        .sort(["record", "position", "position_b"])
-        .select(
-            "record",
-            chosen=pl.when(first_wins).then("text").otherwise("text_b"),
-            rejected=pl.when(first_wins).then("text_b").otherwise("text"),
-            chosen_rank=pl.min_horizontal("rank", "rank_b").cast(pl.Int32),
-            rejected_rank=pl.max_horizontal("rank", "rank_b").cast(pl.Int32),
-        )
+    ties = candidates.filter(pl.col("first_rank") == pl.col("second_rank")).height
+    first_wins = pl.col("first_rank") < pl.col("second_rank")
+    first_text = pl.col("completions").list.get(pl.col("first"))
+    second_text = pl.col("completions").list.get(pl.col("second"))
+    pairs = candidates.filter(pl.col("first_rank") != pl.col("second_rank")).select(
+        "record",
+        *carry,
+        chosen=pl.when(first_wins).then(first_text).otherwise(second_text),
+        rejected=pl.when(first_wins).then(second_text).otherwise(first_text),
+        chosen_rank=pl.min_horizontal("first_rank", "second_rank").cast(pl.Int32),
+        rejected_rank=pl.max_horizontal("first_rank", "second_rank").cast(pl.Int32),
     )
     return pairs, ties

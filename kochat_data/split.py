@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import pyarrow as pa
+import polars as pl
 
 SPLITS = ("train", "eval")
 
@@ -25,7 +25,7 @@ def is_eval(prompt_id: str, seed: int, eval_ratio: float) -> bool:
     return eval_score(prompt_id, seed) < eval_ratio
 
 
-def shuffled(table: pa.Table, seed: int, stream: int) -> pa.Table:
+def shuffled(frame: pl.DataFrame, seed: int, stream: int) -> pl.DataFrame:
     """The rows in a seeded order; `stream` keeps kinds and splits on independent orders."""
-    order = np.random.default_rng([seed, stream]).permutation(table.num_rows)
-    return table.take(order)
+    order = np.random.default_rng([seed, stream]).permutation(frame.height)
+    return frame[order]

@@ -26,10 +26,8 @@ class ValidatedFile:
     problems: list[Problem] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     """One entry per rejected record: file, index, line, reason and the raw record."""
-
-    @property
-    def total(self) -> int:
-        return len(self.records) + len(self.rejects)
+    total: int = 0
+    """Records read, valid or not (kept even when a consumer releases `records`)."""
 
     def summary(self) -> str:
         """One closing line: how many records are invalid and the most common reasons."""
@@ -55,6 +53,7 @@ def validate_file(path: Path, kind: Kind | None = None) -> ValidatedFile:
     result = ValidatedFile(path, kind, file_format, sha256_of(path))
     display = str(path)
     for source in records:
+        result.total += 1
         if source.error:
             clean, problems = None, [(None, source.error)]
         else:
