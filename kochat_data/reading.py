@@ -7,6 +7,7 @@ and, for a record that is not even JSON, why it could not be parsed.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -40,8 +41,8 @@ class SourceRecord:
     error: str | None = None
 
 
-def read_text(path: Path) -> str:
-    """The file as text: UTF-8 with or without BOM; anything else is a usage error."""
+def read_text(path: Path) -> tuple[str, str]:
+    """The file as text (UTF-8 with or without BOM; anything else is a usage error) and its sha256."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -53,7 +54,7 @@ def read_text(path: Path) -> str:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise UsageError(f"{path}: UTF-16 text; kochat reads UTF-8 (iconv -f utf-16 -t utf-8 {path})")
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig"), hashlib.sha256(raw).hexdigest()
     except UnicodeDecodeError as err:
         message = f"{path}: not UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})"
         if _decodes_as_cp949(raw):
@@ -108,16 +109,16 @@ def _reject_single_object(path: Path, text: str, first_line: str) -> None:
     )
 
 
-def read_records(path: Path) -> tuple[FileFormat, Iterator[SourceRecord]]:
-    """The file's format and its records, located by index and line."""
-    text = read_text(path)
+def read_records(path: Path) -> tuple[FileFormat, str, Iterator[SourceRecord]]:
+    """The file's format, its sha256 and its records, located by index and line."""
+    text, sha256 = read_text(path)
     file_format = detect_format(path, text)
     parse = {
         FileFormat.JSON_ARRAY: _iter_json_array,
         FileFormat.JSON_LINES: _iter_json_lines,
         FileFormat.CONVERSATION: _iter_conversation,
     }[file_format]
-    return file_format, parse(text)
+    return file_format, sha256, parse(text)
 
 
 def _iter_json_array(text: str) -> Iterator[SourceRecord]:

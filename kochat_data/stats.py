@@ -75,13 +75,18 @@ def _duplicates(frame: pl.DataFrame, columns: list[str]) -> dict:
     """Rows equal to an earlier row: exactly (after NFC, which reading applies) and after whitespace folding."""
     if frame.height == 0:
         return {"exact": 0, "folded": 0}
-    folded = frame.select(
-        pl.col(c).map_elements(fold, return_dtype=pl.String) if frame.schema[c] == pl.String
-        else pl.col(c).list.eval(pl.element().map_elements(fold, return_dtype=pl.String)) if frame.schema[c] == pl.List(pl.String)
-        else pl.col(c)
-        for c in columns
-    )
+    folded = frame.select(_folded(c, frame.schema[c]) for c in columns)
     return {"exact": frame.height - frame.select(columns).n_unique(), "folded": frame.height - folded.n_unique()}
+
+
+def _folded(column: str, dtype: pl.DataType) -> pl.Expr:
+    """The column with every text (also inside lists of texts) in its folded form."""
+    fold_text = pl.element().map_elements(fold, return_dtype=pl.String)
+    if dtype == pl.String:
+        return pl.col(column).map_elements(fold, return_dtype=pl.String)
+    if dtype == pl.List(pl.String):
+        return pl.col(column).list.eval(fold_text)
+    return pl.col(column)
 
 
 def _ranking_report(frame: pl.DataFrame) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,21 +35,16 @@ class ValidatedFile:
         return f"{self.path}: {len(self.rejects)} of {self.total} {self.kind.value} records invalid ({common})"
 
 
-def sha256_of(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def validate_file(path: Path, kind: Kind | None = None) -> ValidatedFile:
     """Read and check every record; `kind=None` detects it from the fields."""
-    file_format, records = read_records(path)
+    file_format, sha256, records = read_records(path)
     if file_format is FileFormat.CONVERSATION:
         if kind not in (None, Kind.SFT):
             raise UsageError(f"{path}: a KoChatGPT conversation file is SFT data, not {kind.value}")
         kind = Kind.SFT
     if kind is None:
         kind, records = _detect_file_kind(path, records)
-    result = ValidatedFile(path, kind, file_format, sha256_of(path))
+    result = ValidatedFile(path, kind, file_format, sha256)
     display = str(path)
     for source in records:
         result.total += 1

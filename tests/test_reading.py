@@ -10,7 +10,7 @@ from tests.conftest import write_array, write_lines
 
 
 def records_of(path):
-    file_format, records = read_records(path)
+    file_format, _, records = read_records(path)
     return file_format, list(records)
 
 
