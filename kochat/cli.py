@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import kochat_data.cli
+import kochat_train.cli
 from kochat_data.errors import KochatError
 
 
@@ -14,8 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kochat",
         description="Reproducible Korean RLHF: validated data, SFT → reward model → PPO, honest metrics.",
     )
-    packages = parser.add_subparsers(dest="package", required=True, metavar="{data}")
+    packages = parser.add_subparsers(dest="package", required=True, metavar="{data,train}")
     kochat_data.cli.register(packages)
+    kochat_train.cli.register(packages)
     return parser
 
 

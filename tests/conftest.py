@@ -39,3 +39,30 @@ def shared_data() -> Path:
     if not (root / "derived").is_dir():
         pytest.skip(f"shared data not found at {root} (set KOCHAT_SHARED_DATA)")
     return root
+
+
+# Training fixtures: the sample built once per session and a tiny base model trained on it.
+TINY = {"max_length": 64, "batch_size": 4, "eval_batch_size": 8, "logging_steps": 1, "learning_rate": 1e-2}
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    from kochat_data.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("sample") / "data"
+    build(BuildConfig(
+        out=out,
+        sft=[SAMPLE / "kochatgpt_1_SFT.jsonl"],
+        rm=[SAMPLE / "kochatgpt_2_RM.jsonl"],
+        ppo=[SAMPLE / "kochatgpt_3_PPO.jsonl"],
+    ))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base(sample_data, tmp_path_factory) -> Path:
+    from kochat_train.base import BaseConfig, train_base
+
+    out = tmp_path_factory.mktemp("base") / "model"
+    train_base(BaseConfig(data=sample_data, out=out, preset="tiny", max_steps=6, **TINY))
+    return out

@@ -1,0 +1,61 @@
+"""`kochat train …`: flags generated from the stage configs; each command calls one stage function."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import datasets
+import transformers
+from rich.console import Console
+
+from kochat_train.base import BaseConfig, train_base
+from kochat_train.config import field_type, resolve_config
+from kochat_train.rm import RewardConfig, train_rm
+from kochat_train.sft import SFTConfig, train_sft
+
+console = Console()
+
+STAGES = {
+    "base": (BaseConfig, train_base, "tokenizer + small GPT-2 pretrained on the built corpus (offline)"),
+    "sft": (SFTConfig, train_sft, "supervised fine-tuning on the KoChatGPT template"),
+    "rm": (RewardConfig, train_rm, "reward model on the chosen/rejected pairs"),
+}
+
+
+def register(packages: argparse._SubParsersAction) -> None:
+    train = packages.add_parser("train", help="train the base, SFT and reward model stages")
+    stages = train.add_subparsers(dest="stage", required=True)
+    for name, (config_class, _, help_text) in STAGES.items():
+        parser = stages.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--config", type=Path, metavar="FILE", help="JSON or TOML file of config fields; flags override it")
+        add_config_flags(parser, config_class)
+        parser.set_defaults(run=run_stage, config_class=config_class)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One flag per config field; only flags given on the command line override the file and defaults."""
+    for item in dataclasses.fields(config_class):
+        flag = "--" + item.name.replace("_", "-")
+        kind = field_type(config_class, item.name)
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=item.metadata["doc"])
+        else:
+            default = "" if item.default is None else f" (default: {item.default})"
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=item.metadata["doc"] + default)
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    names = {item.name for item in dataclasses.fields(args.config_class)}
+    overrides = {name: value for name, value in vars(args).items() if name in names}
+    config = resolve_config(args.config_class, args.config, **overrides)
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    _, stage_function, _ = STAGES[args.stage]
+    result = stage_function(config)
+    console.print(f"[bold]{args.stage}[/] → {result.out}")
+    console.print_json(json.dumps(result.metrics))
+    return 0

@@ -1,0 +1,149 @@
+"""Stage configs: typed dataclasses, read from a JSON/TOML file, overridden by flags, checked as a whole."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kochat_data.errors import UsageError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+Config = TypeVar("Config", bound="TrainConfig")
+
+
+def option(default: Any, doc: str, **metadata: Any) -> Any:
+    """A config field with its one piece of documentation (also the CLI --help text)."""
+    return field(default=default, metadata={"doc": doc, **metadata})
+
+
+class ConfigError(UsageError):
+    """Every problem with a config, reported together."""
+
+    def __init__(self, problems: list[str], where: str):
+        self.problems = problems
+        super().__init__(f"{where}: {len(problems)} problem(s) in the config")
+
+    def lines(self) -> list[str]:
+        return [f"config: {problem}" for problem in self.problems] + [str(self)]
+
+
+@dataclass
+class TrainConfig:
+    """Fields every training stage shares."""
+
+    data: Path | None = option(None, "directory written by `kochat data build`")
+    out: Path | None = option(None, "directory for the trained model, checkpoints and metrics.jsonl")
+    seed: int = option(42, "seed for initialisation, data order and dropout")
+    epochs: float = option(1.0, "passes over the train split")
+    max_steps: int = option(-1, "stop after this many optimizer steps (-1: run all epochs)")
+    batch_size: int = option(16, "examples per device per optimizer step (before accumulation)")
+    grad_accum: int = option(1, "gradient accumulation steps")
+    learning_rate: float = option(5e-5, "peak learning rate (linear decay after warmup)")
+    warmup_steps: int = option(0, "linear warmup steps")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    max_length: int = option(256, "tokens per sequence; longer examples are truncated")
+    eval_batch_size: int = option(32, "examples per device for evaluation")
+    logging_steps: int = option(10, "optimizer steps between metrics.jsonl lines")
+    save_steps: int = option(200, "optimizer steps between checkpoints (the last one is always saved)")
+    save_total_limit: int = option(2, "checkpoints kept on disk")
+    lora_rank: int = option(0, "LoRA rank through loralib (0: train every weight)")
+    lora_alpha: int = option(16, "LoRA scaling numerator (scale = alpha / rank)")
+    lora_dropout: float = option(0.0, "dropout on the LoRA branch")
+    device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    resume: bool = option(False, "continue from the last checkpoint in --out")
+    overwrite: bool = option(False, "replace a non-empty --out")
+
+    def problems(self) -> list[str]:
+        """Everything wrong with the values, all at once."""
+        found = []
+        if self.data is None:
+            found.append("'data' is required (a `kochat data build` directory)")
+        if self.out is None:
+            found.append("'out' is required")
+        for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size", "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                found.append(f"'{name}' must be ≥ 1, got {getattr(self, name)}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            found.append("'epochs' must be > 0 (or set 'max_steps')")
+        if not self.learning_rate > 0:
+            found.append(f"'learning_rate' must be > 0, got {self.learning_rate}")
+        if self.lora_rank < 0:
+            found.append(f"'lora_rank' must be ≥ 0, got {self.lora_rank}")
+        if not 0 <= self.lora_dropout < 1:
+            found.append(f"'lora_dropout' must be in [0, 1), got {self.lora_dropout}")
+        if self.device not in DEVICES:
+            found.append(f"'device' must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.resume and self.overwrite:
+            found.append("'resume' and 'overwrite' contradict each other")
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: str(value) if isinstance(value, Path) else value for key, value in dataclasses.asdict(self).items()}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read config ({err.strerror})") from None
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({err})") from None
+
+
+def resolve_config(cls: type[Config], file: Path | None = None, **overrides: Any) -> Config:
+    """Defaults, then the config file, then explicit overrides; every problem reported at once."""
+    values: dict[str, Any] = read_config_file(file) if file is not None else {}
+    values.update(overrides)
+    where = str(file) if file is not None else cls.__name__
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    problems = [f"unknown field '{name}' (known: {', '.join(known)})" for name in values if name not in known]
+    converted = {}
+    for name, value in values.items():
+        if name in known:
+            try:
+                converted[name] = _convert(value, field_type(cls, name))
+            except (TypeError, ValueError):
+                problems.append(f"'{name}': expected {_type_name(field_type(cls, name))}, got {value!r}")
+    if problems:
+        raise ConfigError(problems, where)
+    config = cls(**converted)
+    problems = config.problems()
+    if problems:
+        raise ConfigError(problems, where)
+    return config
+
+
+def field_type(cls: type, name: str) -> type:
+    """The concrete type of a field (`Path | None` → Path)."""
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _convert(value: Any, kind: type) -> Any:
+    if value is None:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(value)
+    if kind is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+        raise TypeError(value)
+    if kind is float and isinstance(value, bool):
+        raise TypeError(value)
+    return kind(value)
+
+
+def _type_name(kind: type) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", Path: "a path"}.get(kind, str(kind))

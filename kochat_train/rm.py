@@ -1,0 +1,124 @@
+"""Reward model: backbone + scalar head, reward at the last real token, pairwise loss on (chosen, rejected)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+from torch import nn
+from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
+
+from kochat_data.schema import Kind
+from kochat_train.config import TrainConfig, option
+from kochat_train.objectives import last_token_index, pairwise_accuracy, pairwise_loss, positions_from_mask
+from kochat_train import runtime
+from kochat_train.runtime import GuardedTrainer, StageResult
+from kochat_train.sources import load_reward_model, load_tokenizer
+from kochat_train.template import encode_examples
+
+PAIR_COLUMNS = ["prompt", "chosen", "rejected", "chosen_rank", "rejected_rank"]
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    model: str | None = option(None, "backbone: an SFT or base directory or hub name (a reward model directory continues training)")
+
+    def problems(self) -> list[str]:
+        return super().problems() + ([] if self.model else ["'model' is required (SFT or base directory, or hub name)"])
+
+
+class ScalarRewardModel(nn.Module):
+    """Wraps a `…ForSequenceClassification` model: its backbone, then its `score` head at the last real token.
+
+    The library's own pooling finds the last token by comparing ids with pad_token_id, which
+    drops a real EOS when pad = eos (KoGPT-2); the attention mask is the truth.
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask)
+        ).last_hidden_state  # (B, T, H)
+        last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]  # (B, H)
+        return self.model.score(last).squeeze(-1).float()  # (B,)
+
+
+def tokenize_pairs(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        chosen = [ids for ids, _ in encode_examples(tokenizer, batch["prompt"], batch["chosen"], max_length)]
+        rejected = [ids for ids, _ in encode_examples(tokenizer, batch["prompt"], batch["rejected"], max_length)]
+        return {
+            "input_ids_chosen": chosen,
+            "input_ids_rejected": rejected,
+            "ranks": [list(pair) for pair in zip(batch["chosen_rank"], batch["rejected_rank"], strict=True)],
+            "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)],
+        }
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, keep_in_memory=True)
+
+
+class PairCollator:
+    """B pairs → one batch of 2B right-padded rows, chosen first: both sides in one forward."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.pad = DataCollatorWithPadding(tokenizer)
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [{"input_ids": f["input_ids_chosen"]} for f in features] + [{"input_ids": f["input_ids_rejected"]} for f in features]
+        batch = self.pad(rows)
+        batch["ranks"] = torch.tensor([f["ranks"] for f in features])
+        return batch
+
+
+class RewardTrainer(GuardedTrainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        chosen, rejected = rewards.chunk(2)
+        loss = pairwise_loss(chosen, rejected)
+        return (loss, torch.stack([chosen, rejected], dim=1)) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, rewards = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), rewards.detach(), inputs["ranks"]  # ranks ride as "labels" into compute_metrics
+
+
+def pair_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    """Accuracy (tie = wrong) and mean margin, overall and per (chosen rank, rejected rank)."""
+    rewards, ranks = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+    margins = rewards[:, 0] - rewards[:, 1]
+    metrics = {"accuracy": pairwise_accuracy(margins), "mean_margin": float(margins.mean())}
+    for chosen_rank, rejected_rank in sorted({tuple(pair) for pair in ranks.tolist()}):
+        selected = (ranks[:, 0] == chosen_rank) & (ranks[:, 1] == rejected_rank)
+        metrics[f"accuracy_{chosen_rank}v{rejected_rank}"] = pairwise_accuracy(margins[selected])
+    return metrics
+
+
+def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
+    data = runtime.load_stage_data(config.data, Kind.RM, PAIR_COLUMNS, "kochat train rm")
+    resume_from = runtime.prepare_output(config)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    backbone = load_reward_model(config.model, tokenizer)
+    runtime.maybe_apply_lora(backbone, config, heads=("score",))
+    eval_dataset = tokenize_pairs(data["eval"], tokenizer, config.max_length) if len(data["eval"]) else None
+    trainer = RewardTrainer(
+        model=ScalarRewardModel(backbone),
+        args=runtime.training_arguments(config, remove_unused_columns=False, evaluate=eval_dataset is not None),
+        train_dataset=tokenize_pairs(data["train"], tokenizer, config.max_length),
+        eval_dataset=eval_dataset,
+        data_collator=PairCollator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=pair_metrics,
+    )
+    metrics = runtime.fit(trainer, config, "rm", resume_from, callbacks)
+    return runtime.save_stage(backbone, tokenizer, config, "rm", metrics)

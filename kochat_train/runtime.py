@@ -1,0 +1,230 @@
+"""What every stage does around `transformers.Trainer`: output layout, resume, NaN guard, metrics, progress, saving.
+
+A finished stage directory holds the `save_pretrained` model and tokenizer, `kochat_config.json`
+(the resolved config), `metrics.jsonl` (every train/eval log line) and, written last,
+`kochat_stage.json` (final metrics); `checkpoints/` holds the Trainer checkpoints `--resume` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from kochat_data.atomic import check_writable
+from kochat_data.errors import KochatError, UsageError
+from kochat_data.progress import progress_bar
+from kochat_data.schema import Kind, require_columns
+from kochat_train.config import TrainConfig
+from kochat_train.lora import apply_lora, merge_lora
+
+CONFIG_FILE = "kochat_config.json"
+METRICS_FILE = "metrics.jsonl"
+STAGE_FILE = "kochat_stage.json"
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingDiverged(KochatError):
+    """The loss became NaN/inf; the run stopped before applying that update (exit 3)."""
+
+    exit_code = 3
+
+
+def prepare_output(config: TrainConfig) -> str | None:
+    """Make `config.out` ready; returns the checkpoint to resume from, if resuming."""
+    out = Path(config.out)
+    if config.resume:
+        checkpoints = out / CHECKPOINTS
+        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if last is None:
+            raise UsageError(f"{out}: nothing to resume (no checkpoint under {checkpoints})")
+        _drop_metrics_after(out / METRICS_FILE, step=int(Path(last).name.rsplit("-", 1)[-1]))
+        (out / STAGE_FILE).unlink(missing_ok=True)
+        return last
+    check_writable(out, config.overwrite)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return None
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Forget log lines of the interrupted run past the checkpoint: they will be logged again."""
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def load_stage_data(data: Path, kind: Kind, columns: list[str], where: str) -> datasets.DatasetDict:
+    """The train/eval DatasetDict of one kind from a build directory, with the columns a stage reads."""
+    path = Path(data) / kind.value
+    if not path.is_dir():
+        raise UsageError(f"{path}: no {kind.value} dataset here; build one with `kochat data build --{kind.value} FILE --out {data}`")
+    dataset = datasets.load_from_disk(str(path))
+    require_columns(dataset, kind, columns, where)
+    return dataset
+
+
+def resolve_device(requested: str) -> str:
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if requested == "auto":
+        return next(device for device, present in available.items() if present)
+    if not available[requested]:
+        raise UsageError(f"device {requested!r} is not available on this machine (try --device auto)")
+    return requested
+
+
+def training_arguments(
+    config: TrainConfig, *, remove_unused_columns: bool = True, evaluate: bool = True, sampling: str = "group_by_length"
+) -> TrainingArguments:
+    """Trainer arguments from a stage config; `sampling="group_by_length"` batches similar lengths to cut padding."""
+    device = resolve_device(config.device)
+    cuda = device == "cuda"
+    return TrainingArguments(
+        output_dir=str(Path(config.out) / CHECKPOINTS),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type="linear",
+        logging_steps=config.logging_steps,
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=device == "cpu",
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        dataloader_pin_memory=cuda,
+        train_sampling_strategy=sampling,
+        remove_unused_columns=remove_unused_columns,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+class GuardedTrainer(Trainer):
+    """A Trainer that stops at the first non-finite loss instead of training on it."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            last = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+            kept = f"last good checkpoint: {last} (continue with --resume, e.g. with a lower --learning-rate)" if last else "no checkpoint was saved yet"
+            raise TrainingDiverged(f"loss is {loss.item()} at step {self.state.global_step + 1}; stopped before that update; {kept}")
+        return loss
+
+
+class MetricsLog(TrainerCallback):
+    """Append every log event, train and eval, to metrics.jsonl as it happens."""
+
+    def __init__(self, path: Path, stage: str):
+        self.path = path
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            line = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, **logs}
+            with self.path.open("a", encoding="utf-8") as stream:
+                stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+class RichProgress(TrainerCallback):
+    """One rich bar per run: steps done of max_steps, with the latest loss."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.progress = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.progress = progress_bar()
+            self.progress.start()
+            self.task = self.progress.add_task(f"train {self.stage}", total=state.max_steps, completed=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs and "loss" in logs:
+            self.progress.update(self.task, description=f"train {self.stage} · loss {logs['loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+@dataclass
+class StageResult:
+    out: Path
+    metrics: dict[str, Any]
+
+
+def maybe_apply_lora(model: PreTrainedModel, config: TrainConfig, heads: tuple[str, ...] = ()) -> None:
+    if config.lora_rank > 0:
+        apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, trainable_heads=heads)
+
+
+def fit(
+    trainer: Trainer,
+    config: TrainConfig,
+    stage: str,
+    resume_from: str | None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, Any]:
+    """Train (resuming if asked) with the shared callbacks; returns the final eval metrics."""
+    out = Path(config.out)
+    (out / CONFIG_FILE).write_text(json.dumps({"stage": stage, **config.to_json()}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    trainer.remove_callback(PrinterCallback)  # metrics.jsonl and the progress bar replace its prints
+    for callback in (MetricsLog(out / METRICS_FILE, stage), RichProgress(stage), *callbacks):
+        trainer.add_callback(callback)
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    final = _final_eval(trainer)
+    final.update({key: value for key, value in train_output.metrics.items() if key in ("train_loss", "train_runtime")})
+    final["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return final
+
+
+def _final_eval(trainer: Trainer) -> dict[str, Any]:
+    if trainer.eval_dataset is None:
+        return {}
+    history = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if history and history[-1].get("step") == trainer.state.global_step:
+        return {key: value for key, value in history[-1].items() if key.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def save_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TrainConfig, stage: str, metrics: dict[str, Any]) -> StageResult:
+    """Write the plain-transformers model (LoRA merged) and tokenizer, then mark the stage finished."""
+    out = Path(config.out)
+    merge_lora(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    finite = {key: value for key, value in metrics.items() if not (isinstance(value, float) and not math.isfinite(value))}
+    (out / STAGE_FILE).write_text(json.dumps({"stage": stage, "metrics": finite}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return StageResult(out, metrics)

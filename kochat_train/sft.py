@@ -1,0 +1,63 @@
+"""Supervised fine-tuning on the KoChatGPT template: loss on the response and its EOS only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import datasets
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, TrainerCallback, set_seed
+
+from kochat_data.schema import Kind
+from kochat_train.config import TrainConfig, option
+from kochat_train import runtime
+from kochat_train.runtime import GuardedTrainer, StageResult
+from kochat_train.sources import load_causal_lm, load_tokenizer
+from kochat_train.template import encode_examples
+
+IGNORE_INDEX = -100  # the label value cross-entropy skips in transformers
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    model: str | None = option(None, "causal LM to fine-tune: hub name or directory (e.g. `kochat train base` output)")
+
+    def problems(self) -> list[str]:
+        return super().problems() + ([] if self.model else ["'model' is required (hub name or directory)"])
+
+
+def sft_labels(input_ids: list[int], response_start: int) -> list[int]:
+    """Labels that train on the response and its EOS and ignore the prompt."""
+    return [IGNORE_INDEX] * response_start + input_ids[response_start:]
+
+
+def tokenize_sft(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        examples = encode_examples(tokenizer, batch["prompt"], batch["completion"], max_length)
+        return {
+            "input_ids": [ids for ids, _ in examples],
+            "attention_mask": [[1] * len(ids) for ids, _ in examples],
+            "labels": [sft_labels(ids, start) for ids, start in examples],
+        }
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, keep_in_memory=True)
+
+
+def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
+    data = runtime.load_stage_data(config.data, Kind.SFT, ["prompt", "completion"], "kochat train sft")
+    resume_from = runtime.prepare_output(config)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    model = load_causal_lm(config.model, tokenizer)
+    runtime.maybe_apply_lora(model, config)
+    eval_dataset = tokenize_sft(data["eval"], tokenizer, config.max_length) if len(data["eval"]) else None
+    trainer = GuardedTrainer(
+        model=model,
+        args=runtime.training_arguments(config, evaluate=eval_dataset is not None),
+        train_dataset=tokenize_sft(data["train"], tokenizer, config.max_length),
+        eval_dataset=eval_dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
+        processing_class=tokenizer,
+    )
+    metrics = runtime.fit(trainer, config, "sft", resume_from, callbacks)
+    return runtime.save_stage(model, tokenizer, config, "sft", metrics)

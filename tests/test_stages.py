@@ -1,0 +1,112 @@
+"""Stage tier: the tiny preset on the embedded sample, seconds per test."""
+
+import json
+
+import datasets
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from conftest import TINY
+from kochat_data.errors import UsageError
+from kochat_train.rm import PairCollator, RewardConfig, ScalarRewardModel, pair_metrics, tokenize_pairs, train_rm
+from kochat_train.sft import SFTConfig, train_sft
+from kochat_train.sources import load_reward_model, load_tokenizer
+
+
+def parameters(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_base_writes_a_loadable_model_and_tokenizer(tiny_base):
+    files = {path.name for path in tiny_base.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "kochat_config.json", "metrics.jsonl", "kochat_stage.json"} <= files
+    tokenizer = load_tokenizer(tiny_base)
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.decode(tokenizer("안녕하세요 반가워요")["input_ids"]) == "안녕하세요 반가워요"
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    assert (model.config.n_layer, model.config.n_embd) == (1, 32)
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    stage = json.loads((tiny_base / "kochat_stage.json").read_text())
+    assert stage["metrics"]["eval_perplexity"] > 1 and stage["metrics"]["unigram_perplexity"] > 1
+    assert json.loads((tiny_base / "kochat_config.json").read_text())["n_embd"] == 32  # resolved from the preset
+
+
+def test_sft_step_changes_every_parameter(tiny_base, sample_data, tmp_path):
+    result = train_sft(SFTConfig(data=sample_data, out=tmp_path / "sft", model=str(tiny_base), max_steps=1, **TINY))
+    before = parameters(AutoModelForCausalLM.from_pretrained(tiny_base))
+    after = parameters(AutoModelForCausalLM.from_pretrained(result.out))
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert unchanged == []
+    assert result.metrics["eval_loss"] > 0
+    lines = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [1]
+
+
+def test_same_seed_same_weights(tiny_base, sample_data, tmp_path):
+    outs = [train_sft(SFTConfig(data=sample_data, out=tmp_path / name, model=str(tiny_base), max_steps=2, **TINY)).out for name in "ab"]
+    first, second = (parameters(AutoModelForCausalLM.from_pretrained(out)) for out in outs)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_reward_ignores_padding(tiny_base):
+    tokenizer = load_tokenizer(tiny_base)
+    reward_model = ScalarRewardModel(load_reward_model(tiny_base, tokenizer)).eval()
+    short, long = tokenizer(["좋아요", "정말 길고 긴 문장이 여기에 있습니다"])["input_ids"]
+    alone = reward_model(torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
+    for side in ("right", "left"):
+        tokenizer.padding_side = side
+        batch = tokenizer.pad({"input_ids": [short, long]}, return_tensors="pt")
+        assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]
+        rewards = reward_model(batch["input_ids"], batch["attention_mask"])
+        assert rewards[0].item() == pytest.approx(alone.item(), abs=1e-5), side
+
+
+def test_rm_trains_every_parameter_and_its_directory_reproduces_the_metrics(tiny_base, sample_data, tmp_path):
+    result = train_rm(RewardConfig(data=sample_data, out=tmp_path / "rm", model=str(tiny_base), max_steps=3, **TINY))
+    assert {"eval_accuracy", "eval_mean_margin", "eval_accuracy_0v1", "eval_accuracy_0v2", "eval_accuracy_1v2"} <= set(result.metrics)
+    before = parameters(AutoModelForCausalLM.from_pretrained(tiny_base).transformer)
+    saved = AutoModelForSequenceClassification.from_pretrained(result.out)
+    after = parameters(saved.transformer)
+    # The final layer-norm bias adds score·bias to every reward alike; the pairwise loss cancels it.
+    assert [name for name in before if torch.equal(before[name], after[name])] == ["ln_f.bias"]
+    assert saved.score.weight.shape == (1, 32)
+
+    # From the directory alone: the same rewards, hence the same eval metrics as during training.
+    tokenizer = load_tokenizer(result.out)
+    reward_model = ScalarRewardModel(load_reward_model(result.out, tokenizer)).eval()
+    pairs = tokenize_pairs(datasets.load_from_disk(str(sample_data / "rm"))["eval"], tokenizer, TINY["max_length"])
+    batch = PairCollator(tokenizer)(list(pairs))
+    with torch.no_grad():
+        chosen, rejected = reward_model(batch["input_ids"], batch["attention_mask"]).chunk(2)
+    from transformers import EvalPrediction
+
+    metrics = pair_metrics(EvalPrediction(predictions=torch.stack([chosen, rejected], 1).numpy(), label_ids=batch["ranks"].numpy()))
+    assert metrics["accuracy"] == pytest.approx(result.metrics["eval_accuracy"])
+    assert metrics["mean_margin"] == pytest.approx(result.metrics["eval_mean_margin"], abs=1e-5)
+
+
+def test_trainer_names_missing_columns(tmp_path, tiny_base):
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"prompt": ["질문"]}), "eval": datasets.Dataset.from_dict({"prompt": ["질문"]})}).save_to_disk(str(tmp_path / "data" / "sft"))
+    with pytest.raises(UsageError, match="lacks column\\(s\\) completion"):
+        train_sft(SFTConfig(data=tmp_path / "data", out=tmp_path / "out", model=str(tiny_base), **TINY))
+    with pytest.raises(UsageError, match="no rm dataset here"):
+        train_rm(RewardConfig(data=tmp_path / "data", out=tmp_path / "out", model=str(tiny_base), **TINY))
+
+
+def test_cli_refuses_to_overwrite(run_cli, tiny_base, sample_data):
+    code, _, err = run_cli("train", "sft", "--data", sample_data, "--out", tiny_base, "--model", tiny_base)
+    assert code == 2 and "pass --overwrite" in err
+    code, _, err = run_cli("train", "sft", "--data", sample_data, "--out", tiny_base.parent / "fresh", "--model", tiny_base, "--resume")
+    assert code == 2 and "nothing to resume" in err
+
+
+def test_cli_trains_from_a_config_file_with_flag_overrides(run_cli, tiny_base, sample_data, tmp_path):
+    config = tmp_path / "rm.toml"
+    config.write_text(f'data = "{sample_data}"\nmodel = "{tiny_base}"\nmax_steps = 5\nmax_length = 64\nbatch_size = 4\n')
+    code, out, err = run_cli("train", "rm", "--config", config, "--out", tmp_path / "rm", "--max-steps", "1", "--lora-rank", "2")
+    assert code == 0, err
+    assert "eval_accuracy" in out
+    saved = json.loads((tmp_path / "rm" / "kochat_config.json").read_text())
+    assert (saved["stage"], saved["max_steps"], saved["batch_size"], saved["lora_rank"]) == ("rm", 1, 4, 2)
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").num_labels == 1
