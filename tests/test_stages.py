@@ -5,7 +5,7 @@ import json
 import datasets
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, EvalPrediction
 
 from conftest import TINY
 from kochat_data.errors import UsageError
@@ -79,8 +79,6 @@ def test_rm_trains_every_parameter_and_its_directory_reproduces_the_metrics(tiny
     batch = PairCollator(tokenizer)(list(pairs))
     with torch.no_grad():
         chosen, rejected = reward_model(batch["input_ids"], batch["attention_mask"]).chunk(2)
-    from transformers import EvalPrediction
-
     metrics = pair_metrics(EvalPrediction(predictions=torch.stack([chosen, rejected], 1).numpy(), label_ids=batch["ranks"].numpy()))
     assert metrics["accuracy"] == pytest.approx(result.metrics["eval_accuracy"])
     assert metrics["mean_margin"] == pytest.approx(result.metrics["eval_mean_margin"], abs=1e-5)

@@ -1,3 +1,4 @@
+import datasets
 from transformers import DataCollatorForSeq2Seq
 
 from kochat_train.sft import IGNORE_INDEX, sft_labels, tokenize_sft
@@ -31,9 +32,7 @@ def test_encoded_example_ends_with_the_eos_id(tiny_base):
     assert tokenizer.decode(ids[start:-1]) == "반가워요."
 
 
-def test_batch_masks_prompt_and_padding_and_keeps_eos(tiny_base, sample_data):
-    import datasets
-
+def test_batch_masks_prompt_and_padding_and_keeps_eos(tiny_base):
     tokenizer = load_tokenizer(tiny_base)
     rows = datasets.Dataset.from_dict({"prompt": ["짧은 질문", "조금 더 긴 질문입니다 정말로"], "completion": ["네.", "아주 긴 대답을 여기에 적습니다."]})
     features = tokenize_sft(rows, tokenizer, max_length=64)

@@ -2,6 +2,7 @@
 
 import json
 
+import datasets
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -10,7 +11,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPT2
 from conftest import TINY
 from kochat_train.rm import ScalarRewardModel
 from kochat_train.runtime import TrainingDiverged
-from kochat_train.sft import IGNORE_INDEX, SFTConfig, tokenize_sft, train_sft
+from kochat_train.sft import SFTConfig, tokenize_sft, train_sft
 from kochat_train.sources import load_reward_model, load_tokenizer
 
 
@@ -79,7 +80,6 @@ class CaptureModel(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-        self.frozen_before = getattr(self, "frozen_before", None)
         model.eval()
         with torch.no_grad():
             self.logits = model(self.probe).logits
@@ -129,8 +129,6 @@ def test_kogpt2_special_tokens_as_the_seed_sets_them(kogpt2_like, sample_data, t
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token, tokenizer.pad_token) == ("</s>",) * 4
     assert tokenizer.eos_token_id == tokenizer.pad_token_id == 1
 
-    import datasets
-
     rows = datasets.Dataset.from_dict({"prompt": ["안녕"], "completion": ["반갑습니다"]})
     [row] = tokenize_sft(rows, tokenizer, max_length=64)
     assert row["input_ids"][-1] == row["labels"][-1] == 1 and row["attention_mask"][-1] == 1
@@ -144,4 +142,3 @@ def test_kogpt2_special_tokens_as_the_seed_sets_them(kogpt2_like, sample_data, t
 
     result = train_sft(SFTConfig(data=sample_data, out=tmp_path / "sft", model=str(kogpt2_like), max_steps=1, **TINY))
     assert load_tokenizer(result.out).eos_token == "</s>"
-    assert IGNORE_INDEX == -100

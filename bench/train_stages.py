@@ -1,0 +1,75 @@
+"""Train base → SFT → RM with the `small` preset on the shared KoChatGPT-style data and print the numbers.
+
+    python bench/train_stages.py --shared ../shared/data --out runs/real
+
+Builds the derived SFT + RM files and the real PPO prompts, then runs each stage in this
+process with the settings below; prints wall time per stage, base perplexity against the
+unigram baseline, SFT eval loss and RM eval accuracy (overall and per rank pair).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import datasets
+import transformers
+from rich.console import Console
+from rich.table import Table
+
+from kochat_data.build import BuildConfig, build
+from kochat_train.base import BaseConfig, train_base
+from kochat_train.rm import RewardConfig, train_rm
+from kochat_train.sft import SFTConfig, train_sft
+
+# One setting per stage, sized for ~20 minutes on 2 CPU cores.
+BASE = {"preset": "small", "max_length": 128, "epochs": 4, "batch_size": 32, "warmup_steps": 100}
+SFT = {"max_length": 128, "epochs": 2, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 50}
+RM = {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 3e-4, "warmup_steps": 50}
+COMMON = {"logging_steps": 50, "save_steps": 1000, "overwrite": True}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("KOCHAT_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--out", type=Path, default=Path("runs/real"))
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+    data = args.out / "data"
+    build(BuildConfig(
+        out=data, overwrite=True, on_invalid="skip",
+        sft=[args.shared / "derived" / "kochat_1_SFT_chatbot.jsonl"],
+        rm=[args.shared / "derived" / "kochat_2_RM_chatbot.jsonl"],
+        ppo=[args.shared / "kochatgpt" / "kochatgpt_3_PPO.jsonl"],
+    ))
+    seconds = {}
+    started = time.perf_counter()
+    base = train_base(BaseConfig(data=data, out=args.out / "base", **BASE, **COMMON))
+    seconds["base"] = time.perf_counter() - started
+    started = time.perf_counter()
+    sft = train_sft(SFTConfig(data=data, out=args.out / "sft", model=str(base.out), **SFT, **COMMON))
+    seconds["sft"] = time.perf_counter() - started
+    started = time.perf_counter()
+    rm = train_rm(RewardConfig(data=data, out=args.out / "rm", model=str(sft.out), **RM, **COMMON))
+    seconds["rm"] = time.perf_counter() - started
+
+    table = Table(title=f"{args.out}: small preset, {sum(seconds.values()) / 60:.1f} min in total")
+    table.add_column("stage")
+    table.add_column("wall", justify="right")
+    table.add_column("result")
+    table.add_row("base", f"{seconds['base']:.0f} s", f"eval perplexity {base.metrics['eval_perplexity']:.1f} "
+                  f"(unigram {base.metrics['unigram_perplexity']:.1f}), {base.metrics['train_tokens']:,} train tokens")
+    table.add_row("sft", f"{seconds['sft']:.0f} s", f"eval loss {sft.metrics['eval_loss']:.3f} (response tokens + EOS)")
+    pairs = ", ".join(f"{key.removeprefix('eval_accuracy_')} {value:.3f}" for key, value in rm.metrics.items() if key.startswith("eval_accuracy_"))
+    table.add_row("rm", f"{seconds['rm']:.0f} s", f"eval accuracy {rm.metrics['eval_accuracy']:.3f} ({pairs}), "
+                  f"mean margin {rm.metrics['eval_mean_margin']:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
