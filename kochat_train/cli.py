@@ -13,6 +13,7 @@ from rich.console import Console
 
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.config import field_type, resolve_config
+from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.rm import RewardConfig, train_rm
 from kochat_train.sft import SFTConfig, train_sft
 
@@ -22,11 +23,12 @@ STAGES = {
     "base": (BaseConfig, train_base, "tokenizer + small GPT-2 pretrained on the built corpus (offline)"),
     "sft": (SFTConfig, train_sft, "supervised fine-tuning on the KoChatGPT template"),
     "rm": (RewardConfig, train_rm, "reward model on the chosen/rejected pairs"),
+    "ppo": (PPOConfig, train_ppo, "PPO against the reward model, KL-penalised toward the SFT model"),
 }
 
 
 def register(packages: argparse._SubParsersAction) -> None:
-    train = packages.add_parser("train", help="train the base, SFT and reward model stages")
+    train = packages.add_parser("train", help="train the base, SFT, reward model and PPO stages")
     stages = train.add_subparsers(dest="stage", required=True)
     for name, (config_class, _, help_text) in STAGES.items():
         parser = stages.add_parser(name, help=help_text, description=help_text)

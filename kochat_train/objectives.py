@@ -35,3 +35,78 @@ def unigram_perplexity(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: 
     counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64)
     log_probs = np.log((counts + 1.0) / (counts.sum() + vocab_size))
     return math.exp(-log_probs[eval_ids].mean())
+
+
+# PPO. Tensors are (B, R): one row per rollout, one column per response token; `mask` is 1 on
+# real response tokens (up to and including the first EOS) and 0 after.
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Scale to unit variance over the masked entries (and centre them unless `shift_mean` is False)."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    return (whitened if shift_mean else whitened + mean) * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation; returns (advantages, returns), zero after each response ends.
+
+    δ_t = r_t + γ V_{t+1} − V_t with V = 0 past the last real token; A_t = δ_t + γλ A_{t+1}.
+    The loop runs over response positions, each step vectorised over the batch.
+    """
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    width = rewards.shape[1]
+    for t in reversed(range(width)):
+        following = mask[:, t + 1] if t + 1 < width else torch.zeros_like(running)
+        next_value = values[:, t + 1] * following if t + 1 < width else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running * following
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, max(−A·ρ, −A·clip(ρ, 1 ± ε)) averaged over tokens; also the clipped fraction."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    return masked_mean(torch.max(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> torch.Tensor:
+    """½·max((V − R)², (V_clip − R)²) with V_clip = V_old + clip(V − V_old, ±ε), averaged over tokens."""
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(old ‖ new) per token by the k3 estimator (ρ − 1) − log ρ with ρ = p_new / p_old: unbiased, never negative."""
+    log_ratio = logprobs - old_logprobs
+    return masked_mean(torch.exp(log_ratio) - 1 - log_ratio, mask)
+
+
+def kl_penalised_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """Per-token reward −β·(log π − log π_ref), plus the sequence score on the last real response token."""
+    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    last = last_token_index(mask)
+    rewards[torch.arange(len(rewards)), last] += scores
+    return rewards
+
+
+def adaptive_kl_coef(kl_coef: float, observed_kl: float, target_kl: float, batch_size: int, horizon: int) -> float:
+    """Ziegler et al. (2019): move β by up to ±20% × batch/horizon toward the KL target."""
+    error = min(max(observed_kl / target_kl - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * batch_size / horizon)

@@ -41,12 +41,20 @@ class ScalarRewardModel(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.base_model(
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.base_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask)
         ).last_hidden_state  # (B, T, H)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The reward of each sequence. (B, T) → (B,)"""
+        hidden = self.hidden_states(input_ids, attention_mask)
         last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]  # (B, H)
-        return self.model.score(last).squeeze(-1).float()  # (B,)
+        return self.model.score(last).squeeze(-1).float()
+
+    def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The head at every position: PPO's critic reads a value per token. (B, T) → (B, T)"""
+        return self.model.score(self.hidden_states(input_ids, attention_mask)).squeeze(-1).float()
 
 
 def tokenize_pairs(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:

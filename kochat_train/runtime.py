@@ -48,7 +48,7 @@ def prepare_output(config: TrainConfig) -> str | None:
         last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
         if last is None:
             raise UsageError(f"{out}: nothing to resume (no checkpoint under {checkpoints})")
-        _drop_metrics_after(out / METRICS_FILE, step=int(Path(last).name.rsplit("-", 1)[-1]))
+        drop_metrics_after(out / METRICS_FILE, step=int(Path(last).name.rsplit("-", 1)[-1]))
         (out / STAGE_FILE).unlink(missing_ok=True)
         return last
     check_writable(out, config.overwrite)
@@ -58,7 +58,7 @@ def prepare_output(config: TrainConfig) -> str | None:
     return None
 
 
-def _drop_metrics_after(path: Path, step: int) -> None:
+def drop_metrics_after(path: Path, step: int) -> None:
     """Forget log lines of the interrupted run past the checkpoint: they will be logged again."""
     if path.exists():
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -137,6 +137,16 @@ class GuardedTrainer(Trainer):
         return loss
 
 
+def append_metrics(path: Path, line: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as stream:
+        stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def write_config(out: Path, stage: str, config: TrainConfig) -> None:
+    text = json.dumps({"stage": stage, **config.to_json()}, indent=2, ensure_ascii=False) + "\n"
+    (out / CONFIG_FILE).write_text(text, encoding="utf-8")
+
+
 class MetricsLog(TrainerCallback):
     """Append every log event, train and eval, to metrics.jsonl as it happens."""
 
@@ -146,9 +156,7 @@ class MetricsLog(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            line = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, **logs}
-            with self.path.open("a", encoding="utf-8") as stream:
-                stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+            append_metrics(self.path, {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, **logs})
 
 
 class RichProgress(TrainerCallback):
@@ -198,7 +206,7 @@ def fit(
 ) -> dict[str, Any]:
     """Train (resuming if asked) with the shared callbacks; returns the final eval metrics."""
     out = Path(config.out)
-    (out / CONFIG_FILE).write_text(json.dumps({"stage": stage, **config.to_json()}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_config(out, stage, config)
     trainer.remove_callback(PrinterCallback)  # metrics.jsonl and the progress bar replace its prints
     for callback in (MetricsLog(out / METRICS_FILE, stage), RichProgress(stage), *callbacks):
         trainer.add_callback(callback)

@@ -66,3 +66,12 @@ def tiny_base(sample_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("base") / "model"
     train_base(BaseConfig(data=sample_data, out=out, preset="tiny", max_steps=6, **TINY))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tiny_base, sample_data, tmp_path_factory) -> Path:
+    from kochat_train.rm import RewardConfig, train_rm
+
+    out = tmp_path_factory.mktemp("rm") / "model"
+    train_rm(RewardConfig(data=sample_data, out=out, model=str(tiny_base), max_steps=2, **TINY))
+    return out

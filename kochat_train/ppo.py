@@ -1,0 +1,263 @@
+"""PPO: actor and frozen reference from SFT, critic from the RM, frozen RM as reward; kochat's own loop.
+
+One step = one rollout batch: generate, score, per-token KL penalty, GAE, whitened advantages,
+then `ppo_epochs` passes of minibatch updates with clipped policy and value losses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from kochat_data.errors import UsageError
+from kochat_data.progress import progress_bar
+from kochat_data.schema import Kind
+from kochat_train import objectives as ops
+from kochat_train import runtime
+from kochat_train.config import TrainConfig, option
+from kochat_train.lora import merge_lora
+from kochat_train.rm import ScalarRewardModel
+from kochat_train.rollout import Rollout, entropy, generate, response_logits, token_logprobs
+from kochat_train.sources import load_causal_lm, load_reward_model, load_tokenizer
+
+# A custom reward (tests, experiments): response ids and mask (B, R) → one score per row (B,).
+ScoreFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+STATE_FILE = "ppo_state.pt"
+
+
+@dataclass
+class PPOConfig(TrainConfig):
+    sft: str | None = option(None, "SFT model directory: the actor and the frozen reference")
+    rm: str | None = option(None, "reward model directory: the frozen reward and the critic's initialisation")
+    batch_size: int = option(16, "prompts per rollout (one PPO step)")
+    mini_batch_size: int = option(8, "rollouts per gradient update")
+    ppo_epochs: int = option(4, "passes over each rollout batch")
+    learning_rate: float = option(1e-5, "AdamW learning rate of actor and critic")
+    max_new_tokens: int = option(48, "response length limit")
+    temperature: float = option(1.0, "sampling temperature")
+    top_k: int = option(0, "sample from the k most likely tokens (0: all)")
+    top_p: float = option(1.0, "nucleus sampling mass")
+    kl_coef: float = option(0.1, "β of the per-token KL penalty against the reference (initial value if adaptive)")
+    target_kl: float = option(0.0, "adapt β toward this KL per response (0: β stays fixed)")
+    kl_horizon: int = option(10000, "rollouts over which the adaptive β moves by at most ±20%")
+    gamma: float = option(1.0, "discount of GAE")
+    lam: float = option(0.95, "λ of GAE")
+    clip_range: float = option(0.2, "ε of the clipped policy ratio")
+    value_clip_range: float = option(0.2, "ε of the clipped value change")
+    value_coef: float = option(0.1, "weight of the value loss")
+    missing_eos_penalty: float = option(0.0, "subtracted from the score of responses cut at max_new_tokens")
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        found += [f"'{name}' is required" for name in ("sft", "rm") if not getattr(self, name)]
+        if self.mini_batch_size < 1 or self.batch_size % max(self.mini_batch_size, 1):
+            found.append(f"'mini_batch_size' ({self.mini_batch_size}) must divide 'batch_size' ({self.batch_size})")
+        for name in ("ppo_epochs", "max_new_tokens", "kl_horizon"):
+            if getattr(self, name) < 1:
+                found.append(f"'{name}' must be ≥ 1, got {getattr(self, name)}")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1):
+            found.append("'temperature' must be > 0 and 'top_p' in (0, 1]")
+        if self.kl_coef < 0 or self.target_kl < 0:
+            found.append("'kl_coef' and 'target_kl' must be ≥ 0")
+        return found
+
+
+class PPOTrainer:
+    """Holds the four models and the optimizer; `step` runs one rollout batch end to end."""
+
+    def __init__(self, config: PPOConfig, score_fn: ScoreFunction | None = None):
+        self.config = config
+        self.device = torch.device(runtime.resolve_device(config.device))
+        self.tokenizer = load_tokenizer(config.sft)
+        self.actor = load_causal_lm(config.sft, self.tokenizer)
+        self.reference = load_causal_lm(config.sft, self.tokenizer).requires_grad_(False)
+        rm_tokenizer = load_tokenizer(config.rm)
+        if rm_tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise UsageError(f"{config.rm}: the reward model's tokenizer differs from the SFT model's ({config.sft})")
+        self.critic = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer))
+        self.reward_model = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer)).requires_grad_(False)
+        runtime.maybe_apply_lora(self.actor, config)
+        runtime.maybe_apply_lora(self.critic.model, config, heads=("score",))
+        for model in (self.actor, self.reference, self.critic, self.reward_model):
+            _disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
+            model.to(self.device)
+        self.reference.eval()
+        self.reward_model.eval()
+        trainable = [p for model in (self.actor, self.critic) for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.score_fn = score_fn
+        self.kl_coef = config.kl_coef
+        self.sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
+                         "top_k": config.top_k, "top_p": config.top_p}
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
+        self.actor.eval()
+        started = time.perf_counter()
+        rollout = generate(self.actor, self.tokenizer, prompts, self.config.max_length, self.sampling)
+        generate_seconds = time.perf_counter() - started
+        mask = rollout.response_mask.float()
+        logits = response_logits(self.actor, rollout)
+        logprobs = token_logprobs(logits, rollout.response_ids)
+        ref_logprobs = token_logprobs(response_logits(self.reference, rollout), rollout.response_ids)
+        width = rollout.response_ids.shape[1]
+        values = self.critic.token_values(rollout.input_ids, rollout.attention_mask)[:, -width - 1 : -1]
+        if self.score_fn is not None:
+            scores = self.score_fn(rollout.response_ids, rollout.response_mask).float()
+        else:
+            scores = self.reward_model(rollout.input_ids, rollout.attention_mask)
+        ended = rollout.ended_with_eos(self.tokenizer.eos_token_id)
+        penalised = scores - self.config.missing_eos_penalty * (~ended).float()
+        rewards = ops.kl_penalised_rewards(penalised, logprobs, ref_logprobs, mask, self.kl_coef)
+        advantages, returns = ops.gae(rewards, values * mask, mask, self.config.gamma, self.config.lam)
+        batch = {"logprobs": logprobs, "values": values * mask, "advantages": ops.whiten(advantages, mask), "returns": returns}
+        kl = ((logprobs - ref_logprobs) * mask).sum(dim=1)
+        stats = {
+            "rm_score": scores.mean().item(),
+            "kl": kl.mean().item(),
+            "total_reward": (rewards * mask).sum(dim=1).mean().item(),
+            "entropy": ops.masked_mean(entropy(logits), mask).item(),
+            "response_length": mask.sum(dim=1).mean().item(),
+            "eos_rate": ended.float().mean().item(),
+            "generated_tokens_per_second": mask.sum().item() / generate_seconds,
+            "kl_coef": self.kl_coef,
+        }
+        return rollout, batch, stats
+
+    def update(self, rollout: Rollout, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
+        self.actor.train()
+        self.critic.train()
+        config, size = self.config, len(rollout.response_ids)
+        totals: dict[str, float] = {}
+        updates = 0
+        for _ in range(config.ppo_epochs):
+            for rows in torch.randperm(size, generator=generator).split(config.mini_batch_size):
+                part = Rollout(rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.response_ids[rows], rollout.response_mask[rows])
+                mask = part.response_mask.float()
+                width = part.response_ids.shape[1]
+                logits = response_logits(self.actor, part)
+                logprobs = token_logprobs(logits, part.response_ids)
+                values = self.critic.token_values(part.input_ids, part.attention_mask)[:, -width - 1 : -1]
+                policy_loss, clip_fraction = ops.clipped_policy_loss(
+                    logprobs, batch["logprobs"][rows], batch["advantages"][rows], mask, config.clip_range)
+                value_loss = ops.clipped_value_loss(values, batch["values"][rows], batch["returns"][rows], mask, config.value_clip_range)
+                loss = policy_loss + config.value_coef * value_loss
+                if not torch.isfinite(loss):
+                    raise runtime.TrainingDiverged(f"PPO loss is {loss.item()}; stopped before that update")
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], config.max_grad_norm)
+                self.optimizer.step()
+                step_stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
+                              "clip_fraction": clip_fraction.item(), "approx_kl": ops.approx_kl(logprobs.detach(), batch["logprobs"][rows], mask).item()}
+                for key, value in step_stats.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                updates += 1
+        return {key: value / updates for key, value in totals.items()}
+
+    def adapt_kl(self, observed_kl: float) -> None:
+        if self.config.target_kl > 0:
+            self.kl_coef = ops.adaptive_kl_coef(self.kl_coef, observed_kl, self.config.target_kl, self.config.batch_size, self.config.kl_horizon)
+
+    def state(self, step: int) -> dict:
+        return {"step": step, "kl_coef": self.kl_coef, "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+
+    def load_state(self, state: dict) -> int:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.kl_coef = state["kl_coef"]
+        return state["step"]
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def prompt_batch(prompts: list[str], step: int, batch_size: int, seed: int) -> list[str]:
+    """The prompts of one step: epochs of seeded permutations laid end to end, so any step is recomputable."""
+    start = step * batch_size
+    chosen = []
+    for position in range(start, start + batch_size):
+        epoch, index = divmod(position, len(prompts))
+        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed + epoch))
+        chosen.append(prompts[order[index]])
+    return chosen
+
+
+def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runtime.StageResult:
+    data = runtime.load_stage_data(config.data, Kind.PPO, ["prompt"], "kochat train ppo")
+    prompts = list(data["train"]["prompt"])
+    steps = config.max_steps if config.max_steps > 0 else math.ceil(len(prompts) * config.epochs / config.batch_size)
+    resume_from = _last_state(Path(config.out)) if config.resume else None
+    if config.resume and resume_from is None:
+        raise UsageError(f"{config.out}: nothing to resume (no {STATE_FILE} under {Path(config.out) / runtime.CHECKPOINTS})")
+    if not config.resume:
+        runtime.prepare_output(config)
+    set_seed(config.seed)
+    trainer = PPOTrainer(config, score_fn)
+    out = Path(config.out)
+    start = 0
+    if resume_from is not None:
+        start = trainer.load_state(torch.load(resume_from, weights_only=False))
+        runtime.drop_metrics_after(out / runtime.METRICS_FILE, start)
+        (out / runtime.STAGE_FILE).unlink(missing_ok=True)
+    runtime.write_config(out, "ppo", config)
+    generator = torch.Generator().manual_seed(config.seed)
+    started, last = time.perf_counter(), {}
+    with progress_bar() as progress:
+        task = progress.add_task("train ppo", total=steps, completed=start)
+        for step in range(start, steps):
+            generator.manual_seed(config.seed * 100_003 + step)
+            rollout, batch, stats = trainer.rollout(prompt_batch(prompts, step, config.batch_size, config.seed))
+            try:
+                stats.update(trainer.update(rollout, batch, generator))
+            except runtime.TrainingDiverged as err:
+                last_good = _last_state(out)
+                kept = f"last good checkpoint: {last_good.parent} (continue with --resume)" if last_good else "no checkpoint was saved yet"
+                raise runtime.TrainingDiverged(f"{err} at step {step + 1}; {kept}") from None
+            trainer.adapt_kl(stats["kl"])
+            last = {"stage": "ppo", "step": step + 1, **stats}
+            runtime.append_metrics(out / runtime.METRICS_FILE, last)
+            progress.update(task, completed=step + 1,
+                            description=f"train ppo · score {stats['rm_score']:.3f} · kl {stats['kl']:.3f}")
+            if (step + 1) % config.save_steps == 0 or step + 1 == steps:
+                _save_state(out, trainer.state(step + 1), config.save_total_limit)
+    last["wall_seconds"] = round(time.perf_counter() - started, 1)
+    result = runtime.save_stage(trainer.actor, trainer.tokenizer, config, "ppo", last)
+    merge_lora(trainer.critic.model)
+    trainer.critic.model.save_pretrained(out / "critic")
+    return result
+
+
+def _save_state(out: Path, state: dict, keep: int) -> None:
+    directory = out / runtime.CHECKPOINTS / f"checkpoint-{state['step']}"
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / (STATE_FILE + ".partial")
+    torch.save(state, partial)
+    partial.rename(directory / STATE_FILE)  # a kill mid-write leaves the previous checkpoint as the last one
+    for old in _checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    found = [p for p in (out / runtime.CHECKPOINTS).glob("checkpoint-*") if (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def _last_state(out: Path) -> Path | None:
+    found = _checkpoints(out)
+    return found[-1] / STATE_FILE if found else None

@@ -1,0 +1,84 @@
+"""PPO rollouts: left-padded batched generation with the KV cache, response masks, per-token log-probs and values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from kochat_train.objectives import positions_from_mask
+from kochat_train.template import render_prompt
+
+
+@dataclass
+class Rollout:
+    """A batch of prompts (left-padded, (B, P)) and their sampled responses ((B, R), cut after the first EOS)."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def ended_with_eos(self, eos_token_id: int) -> torch.Tensor:
+        """(B,) bool: the response stopped by itself rather than at the token limit."""
+        return ((self.response_ids == eos_token_id) & (self.response_mask == 1)).any(dim=1)
+
+
+def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS of each row, 0 after it. (B, R)"""
+    is_eos = (response_ids == eos_token_id).long()
+    eos_before = is_eos.cumsum(dim=1) - is_eos
+    return (eos_before == 0).long()
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Templated prompts, left-padded so every row's last prompt token sits at the same column."""
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    try:
+        return tokenizer([render_prompt(p) for p in prompts], add_special_tokens=False, padding=True,
+                         truncation=True, max_length=max_length, return_tensors="pt")
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = "right", "right"
+
+
+@torch.no_grad()
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int,
+             sampling: dict) -> Rollout:
+    """Sample one response per prompt; `sampling` holds generate() settings (max_new_tokens, top_k, top_p, temperature)."""
+    device = next(model.parameters()).device
+    encoded = encode_prompts(tokenizer, prompts, max_length).to(device)
+    output = model.generate(
+        **encoded, do_sample=True, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, **sampling,
+    )
+    response_ids = output[:, encoded["input_ids"].shape[1]:]
+    mask = response_mask(response_ids, tokenizer.eos_token_id)
+    return Rollout(encoded["input_ids"], encoded["attention_mask"], response_ids * mask + tokenizer.pad_token_id * (1 - mask), mask)
+
+
+def response_logits(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
+    """Logits that predicted each response token (positions P−1 … P+R−2). (B, R, V)"""
+    mask = rollout.attention_mask
+    logits = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+    width = rollout.response_ids.shape[1]
+    return logits[:, -width - 1 : -1].float()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under `logits`. (B, R, V), (B, R) → (B, R)"""
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each predictive distribution. (B, R, V) → (B, R)"""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -(log_probs.exp() * log_probs).sum(dim=-1)
