@@ -6,7 +6,7 @@ then `ppo_epochs` passes of minibatch updates with clipped policy and value loss
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import shutil
 import time
@@ -72,7 +72,7 @@ class PPOConfig(TrainConfig):
 
 
 class PPOTrainer:
-    """Holds the four models and the optimizer; `step` runs one rollout batch end to end."""
+    """Holds the four models and the optimizer; `rollout` samples and scores a batch, `update` learns from it."""
 
     def __init__(self, config: PPOConfig, score_fn: ScoreFunction | None = None):
         self.config = config
@@ -189,13 +189,13 @@ def _disable_dropout(model: torch.nn.Module) -> None:
 
 def prompt_batch(prompts: list[str], step: int, batch_size: int, seed: int) -> list[str]:
     """The prompts of one step: epochs of seeded permutations laid end to end, so any step is recomputable."""
-    start = step * batch_size
-    chosen = []
-    for position in range(start, start + batch_size):
-        epoch, index = divmod(position, len(prompts))
-        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed + epoch))
-        chosen.append(prompts[order[index]])
-    return chosen
+    positions = (divmod(position, len(prompts)) for position in range(step * batch_size, (step + 1) * batch_size))
+    return [prompts[_epoch_order(len(prompts), seed + epoch)[index]] for epoch, index in positions]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(size: int, seed: int) -> list[int]:
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runtime.StageResult:

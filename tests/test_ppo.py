@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
-from kochat_train.ppo import PPOConfig, train_ppo
+from kochat_train.ppo import PPOConfig, prompt_batch, train_ppo
 from kochat_train.rollout import Rollout, generate, response_logits, token_logprobs
 from kochat_train.runtime import TrainingDiverged
 from kochat_train.sources import load_causal_lm, load_tokenizer
@@ -90,3 +90,12 @@ def test_nan_reward_stops_ppo_before_the_update(tiny_base, tiny_rm, sample_data,
     with pytest.raises(TrainingDiverged, match=r"PPO loss is nan; stopped before that update at step 3; last good checkpoint: .*checkpoint-2"):
         train_ppo(config, score_fn=breaks_at_step_3)
     assert not (tmp_path / "ppo" / "kochat_stage.json").exists()
+
+
+def test_prompt_batches_cover_every_prompt_once_per_epoch():
+    prompts = [f"질문 {n}" for n in range(10)]
+    first_epoch = [p for step in range(5) for p in prompt_batch(prompts, step, batch_size=2, seed=7)]
+    assert sorted(first_epoch) == sorted(prompts)
+    second_epoch = [p for step in range(5, 10) for p in prompt_batch(prompts, step, batch_size=2, seed=7)]
+    assert sorted(second_epoch) == sorted(prompts) and second_epoch != first_epoch
+    assert prompt_batch(prompts, 3, 2, seed=7) == prompt_batch(prompts, 3, 2, seed=7)
