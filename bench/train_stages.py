@@ -19,16 +19,16 @@ import transformers
 from rich.console import Console
 from rich.table import Table
 
+from kochat.pipeline import SHARED, STAGE_DEFAULTS
 from kochat_data.build import BuildConfig, build
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.rm import RewardConfig, train_rm
 from kochat_train.sft import SFTConfig, train_sft
 
-# One setting per stage, sized for ~20 minutes on 2 CPU cores.
-BASE = {"preset": "small", "max_length": 128, "epochs": 4, "batch_size": 32, "warmup_steps": 100}
-SFT = {"max_length": 128, "epochs": 2, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 50}
-RM = {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 3e-4, "warmup_steps": 50}
-COMMON = {"logging_steps": 50, "save_steps": 1000, "overwrite": True}
+# The pipeline's stage settings, sized for the shared data on 2 CPU cores.
+BASE = {"preset": "small", **STAGE_DEFAULTS["train_base"]}
+SFT, RM = STAGE_DEFAULTS["train_sft"], STAGE_DEFAULTS["train_rm"]
+COMMON = {**SHARED, "overwrite": True}
 
 
 def main() -> None:

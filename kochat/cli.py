@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import kochat_data.cli
+import kochat_eval.cli
 import kochat_train.cli
 from kochat_data.errors import KochatError
 
@@ -15,10 +17,45 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kochat",
         description="Reproducible Korean RLHF: validated data, SFT → reward model → PPO, honest metrics.",
     )
-    packages = parser.add_subparsers(dest="package", required=True, metavar="{data,train}")
+    packages = parser.add_subparsers(dest="package", required=True, metavar="{data,train,eval,pipeline}")
     kochat_data.cli.register(packages)
     kochat_train.cli.register(packages)
+    kochat_eval.cli.register(packages)
+    pipeline = packages.add_parser("pipeline", help="build → base → SFT → RM → PPO → stage comparison in one go")
+    pipeline.add_argument("--data-dir", type=Path, metavar="DIR", help="a directory with *_1_SFT*, *_2_RM*, *_3_PPO* files (default: data/sample)")
+    for kind in ("sft", "rm", "ppo"):
+        pipeline.add_argument(f"--{kind}", action="append", type=Path, metavar="FILE", help=f"{kind.upper()} input file (repeatable)")
+    pipeline.add_argument("--model", metavar="NAME_OR_DIR", help="start SFT from this model instead of training a base model")
+    pipeline.add_argument("--preset", help="base model size when no --model (default: small)")
+    pipeline.add_argument("--out", type=Path, metavar="DIR", help="default: runs/sample")
+    pipeline.add_argument("--seed", type=int)
+    pipeline.add_argument("--config", type=Path, metavar="FILE", help="JSON/TOML: the fields above plus [train_base] … [eval] sections")
+    pipeline.add_argument("--force", action="store_true", help="rerun finished stages too")
+    pipeline.set_defaults(run=run_pipeline_command)
     return parser
+
+
+def run_pipeline_command(args: argparse.Namespace) -> int:
+    import time
+
+    import datasets
+    import transformers
+    from rich.console import Console
+
+    from kochat.pipeline import load_pipeline_config, run_pipeline
+    from kochat_eval.report import rich_table
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    config = load_pipeline_config(args.config, out=args.out, data_dir=args.data_dir, sft=args.sft, rm=args.rm, ppo=args.ppo,
+                                  model=args.model, preset=args.preset, seed=args.seed, force=args.force)
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {line}"))
+    Console(width=max(Console().width, 170)).print(rich_table(report))
+    console.print(f"outputs in {config.out} (table: {config.out / 'eval' / 'table.md'}); {time.perf_counter() - started:.0f} s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from kochat_data.errors import UsageError
 from kochat_train.objectives import positions_from_mask
 from kochat_train.template import render_prompt
 
@@ -53,8 +54,17 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_l
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int,
              sampling: dict) -> Rollout:
-    """Sample one response per prompt; `sampling` holds generate() settings (max_new_tokens, top_k, top_p, temperature)."""
+    """Sample one response per prompt; `sampling` holds generate() settings (max_new_tokens, top_k, top_p, temperature).
+
+    Prompts keep their last `max_length` tokens, fewer when the model's positions would not
+    fit the prompt and `max_new_tokens`.
+    """
     device = next(model.parameters()).device
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None:  # prompt + response must fit the model's positions
+        max_length = min(max_length, positions - sampling.get("max_new_tokens", 0))
+        if max_length < 1:
+            raise UsageError(f"max_new_tokens {sampling['max_new_tokens']} leaves no room for a prompt in {positions} positions")
     encoded = encode_prompts(tokenizer, prompts, max_length).to(device)
     output = model.generate(
         **encoded, do_sample=True, use_cache=True, pad_token_id=tokenizer.pad_token_id,

@@ -1,0 +1,130 @@
+"""`kochat pipeline`: build → base → SFT → RM → PPO → stage comparison, reusing finished stages.
+
+Stage settings are the defaults below, overridden per stage from a config file with sections
+`[train_base]`, `[train_sft]`, `[train_rm]`, `[train_ppo]` and `[eval]`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kochat_data.build import BuildConfig, build
+from kochat_data.errors import UsageError
+from kochat_eval.cli import write_stage_report
+from kochat_eval.stages import StageEvalConfig, compare_stages
+from kochat_train.base import BaseConfig, train_base
+from kochat_train.config import read_config_file, resolve_config
+from kochat_train.ppo import PPOConfig, train_ppo
+from kochat_train.rm import RewardConfig, train_rm
+from kochat_train.runtime import STAGE_FILE
+from kochat_train.sft import SFTConfig, train_sft
+
+REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+
+# Settings sized for the shared KoChatGPT-style data on 2 CPU cores (~25 min); the sample takes ~3.
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "train_base": {"max_length": 128, "epochs": 4, "batch_size": 32, "warmup_steps": 100},
+    "train_sft": {"max_length": 128, "epochs": 2, "batch_size": 16, "learning_rate": 5e-4, "warmup_steps": 50},
+    "train_rm": {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 3e-4, "warmup_steps": 50},
+    "train_ppo": {"max_length": 128, "max_steps": 100, "batch_size": 16, "mini_batch_size": 8, "learning_rate": 5e-5, "kl_coef": 0.05},
+    "eval": {"max_prompts": 256},
+}
+SHARED = {"logging_steps": 50, "save_steps": 1000}
+
+
+@dataclass
+class PipelineConfig:
+    out: Path = Path("runs/sample")
+    data_dir: Path | None = None
+    sft: list[Path] = field(default_factory=list)
+    rm: list[Path] = field(default_factory=list)
+    ppo: list[Path] = field(default_factory=list)
+    model: str | None = None
+    preset: str = "small"
+    seed: int = 42
+    force: bool = False
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def inputs(self) -> dict[str, list[Path]]:
+        """Input files per kind: explicit ones, else found in --data-dir (default: the embedded sample)."""
+        if self.sft or self.rm or self.ppo:
+            return {"sft": self.sft, "rm": self.rm, "ppo": self.ppo}
+        directory = self.data_dir or REPO_SAMPLE
+        found = {kind: sorted(directory.glob(f"*{n}_{kind.upper()}*.json*")) for n, kind in ((1, "sft"), (2, "rm"), (3, "ppo"))}
+        missing = [kind for kind, files in found.items() if not files]
+        if missing:
+            raise UsageError(f"{directory}: no {', '.join(missing)} file (names like kochatgpt_1_SFT.jsonl, _2_RM, _3_PPO); "
+                             "or pass --sft/--rm/--ppo")
+        return found
+
+    def settings(self, section: str) -> dict[str, Any]:
+        """Defaults of one stage, then the config file's section for it."""
+        shared = SHARED if section.startswith("train_") else {}
+        return {**shared, **STAGE_DEFAULTS[section], **self.stages.get(section, {})}
+
+
+def load_pipeline_config(file: Path | None, **flags: Any) -> PipelineConfig:
+    values = read_config_file(file) if file is not None else {}
+    sections = {name: values.pop(name) for name in list(values) if name in STAGE_DEFAULTS}
+    values.update({key: value for key, value in flags.items() if value not in (None, [], False)})
+    unknown = set(values) - set(PipelineConfig.__dataclass_fields__)
+    if unknown:
+        raise UsageError(f"{file}: unknown pipeline field(s) {', '.join(sorted(unknown))}")
+    paths = {key: [Path(p) for p in values[key]] for key in ("sft", "rm", "ppo") if key in values}
+    return PipelineConfig(**{**values, **paths, "stages": sections,
+                             **{key: Path(values[key]) for key in ("out", "data_dir") if values.get(key)}})
+
+
+def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print) -> dict:
+    """Run every stage not finished yet; returns the stage comparison report."""
+    out = config.out
+    inputs = config.inputs()
+    _check_same_settings(out, config, inputs)
+    data = out / "data"
+    if config.force or not (data / "manifest.json").exists():
+        announce("build: validating and splitting the data")
+        build(BuildConfig(out=data, seed=config.seed, on_invalid="skip", overwrite=True, **inputs))
+    model = config.model
+    trained: dict[str, Path] = {}
+    if model is None:
+        trained["base"] = _stage(config, "base", lambda o: train_base(resolve_config(
+            BaseConfig, data=data, out=o, preset=config.preset, seed=config.seed, overwrite=True, **config.settings("train_base"))), announce)
+        model = str(trained["base"])
+    trained["sft"] = _stage(config, "sft", lambda o: train_sft(resolve_config(
+        SFTConfig, data=data, out=o, model=model, seed=config.seed, overwrite=True, **config.settings("train_sft"))), announce)
+    trained["rm"] = _stage(config, "rm", lambda o: train_rm(resolve_config(
+        RewardConfig, data=data, out=o, model=str(trained["sft"]), seed=config.seed, overwrite=True, **config.settings("train_rm"))), announce)
+    trained["ppo"] = _stage(config, "ppo", lambda o: train_ppo(resolve_config(
+        PPOConfig, data=data, out=o, sft=str(trained["sft"]), rm=str(trained["rm"]), seed=config.seed, overwrite=True,
+        **config.settings("train_ppo"))), announce)
+    announce("eval: generating for the held-out prompts with every stage")
+    compared = {name: trained[name] for name in ("base", "sft", "ppo") if name in trained}
+    eval_settings = config.settings("eval")
+    report, generations = compare_stages(StageEvalConfig(stages=compared, reward_model=trained["rm"], data=data, **eval_settings))
+    write_stage_report(out / "eval", report, generations, {**compared, "rm": trained["rm"]})
+    return report
+
+
+def _stage(config: PipelineConfig, name: str, train: Callable[[Path], Any], announce: Callable[[str], None]) -> Path:
+    directory = config.out / name
+    if not config.force and (directory / STAGE_FILE).exists():
+        announce(f"{name}: finished earlier, reusing {directory}")
+        return directory
+    announce(f"{name}: training")
+    train(directory)
+    return directory
+
+
+def _check_same_settings(out: Path, config: PipelineConfig, inputs: dict[str, list[Path]]) -> None:
+    """Reusing stages is only honest when they were made from the same inputs and settings."""
+    record = {"inputs": {k: [str(p) for p in v] for k, v in inputs.items()}, "model": config.model, "preset": config.preset,
+              "seed": config.seed, "stages": {name: config.settings(name) for name in STAGE_DEFAULTS}}
+    path = out / "pipeline.json"
+    if path.exists() and not config.force and json.loads(path.read_text(encoding="utf-8")) != record:
+        raise UsageError(f"{out}: made by a pipeline with other inputs or settings (see {path}); pass --force or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

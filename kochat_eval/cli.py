@@ -1,0 +1,118 @@
+"""`kochat eval …`: parse, call one function, render."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import datasets
+import transformers
+from rich.console import Console
+from rich.table import Table
+
+from kochat_data.errors import UsageError
+from kochat_eval.metrics import UNITS
+from kochat_eval.report import csv_text, markdown, plot_curves, rich_table
+from kochat_eval.rm_eval import evaluate_rm
+from kochat_eval.stages import StageEvalConfig, compare_stages, write_generations
+
+console = Console()
+
+
+def register(packages: argparse._SubParsersAction) -> None:
+    evaluate = packages.add_parser("eval", help="reward model accuracy and the stage comparison")
+    commands = evaluate.add_subparsers(dest="command", required=True)
+
+    rm = commands.add_parser("rm", help="pairwise accuracy, margin, ROC-AUC and accuracy by rank pair on the eval pairs")
+    rm.add_argument("--model", type=Path, required=True, metavar="DIR")
+    rm.add_argument("--data", type=Path, required=True, metavar="DIR")
+    rm.add_argument("--batch-size", type=int, default=32)
+    rm.add_argument("--max-length", type=int, default=256)
+    rm.add_argument("--device", default="auto")
+    rm.add_argument("--json", action="store_true", help="print the result as JSON")
+    rm.set_defaults(run=run_rm)
+
+    stages = commands.add_parser("stages", help="generate for the held-out prompts with every stage and compare")
+    stages.add_argument("--stage", action="append", required=True, metavar="NAME=DIR", help="repeat per stage, in table order")
+    stages.add_argument("--reward-model", type=Path, required=True, metavar="DIR")
+    stages.add_argument("--data", type=Path, required=True, metavar="DIR")
+    stages.add_argument("--reference", default="sft", help="stage for KL and win rate (default: sft)")
+    stages.add_argument("--max-prompts", type=int, default=0, help="first N eval prompts (0: all)")
+    stages.add_argument("--batch-size", type=int, default=32)
+    stages.add_argument("--max-new-tokens", type=int, default=48)
+    stages.add_argument("--top-k", type=int, default=0)
+    stages.add_argument("--top-p", type=float, default=1.0)
+    stages.add_argument("--temperature", type=float, default=1.0)
+    stages.add_argument("--seed", type=int, default=0)
+    stages.add_argument("--unit", choices=UNITS, default="eojeol", help="units of length and repetition metrics")
+    stages.add_argument("--device", default="auto")
+    stages.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl, curves.png")
+    formats = stages.add_mutually_exclusive_group()
+    for name in ("markdown", "json", "csv"):
+        formats.add_argument(f"--{name}", action="store_true", help=f"print the table as {name} instead of the rich table")
+    stages.set_defaults(run=run_stages)
+
+
+def _quiet() -> None:
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    _quiet()
+    result = evaluate_rm(args.model, args.data, args.batch_size, args.max_length, args.device)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+        return 0
+    table = Table(title=f"reward model {args.model} on {result['pairs']} eval pairs")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if key not in ("model", "data"):
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    return 0
+
+
+def parse_stages(specs: list[str]) -> dict[str, Path]:
+    stages: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep or not name or not directory:
+            raise UsageError(f"--stage {spec!r}: expected NAME=DIR, e.g. --stage sft=runs/sft")
+        if name in stages:
+            raise UsageError(f"--stage {name!r} given twice")
+        stages[name] = Path(directory)
+    return stages
+
+
+def run_stages(args: argparse.Namespace) -> int:
+    _quiet()
+    decoding = {"max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature}
+    config = StageEvalConfig(
+        stages=parse_stages(args.stage), reward_model=args.reward_model, data=args.data, reference=args.reference,
+        max_prompts=args.max_prompts, batch_size=args.batch_size, decoding=decoding, seed=args.seed, unit=args.unit, device=args.device,
+    )
+    report, generations = compare_stages(config)
+    if args.out is not None:
+        write_stage_report(args.out, report, generations, config.stages)
+    if args.markdown:
+        print(markdown(report), end="")
+    elif args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    elif args.csv:
+        print(csv_text(report), end="")
+    else:
+        Console(width=max(console.width, 170)).print(rich_table(report))
+    return 0
+
+
+def write_stage_report(out: Path, report: dict, generations: list[dict], stage_dirs: dict[str, Path]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (out / "table.md").write_text(markdown(report), encoding="utf-8")
+    (out / "report.csv").write_text(csv_text(report), encoding="utf-8")
+    write_generations(out / "generations.jsonl", generations)
+    plot_curves(stage_dirs, out / "curves.png")

@@ -1,0 +1,98 @@
+"""The stage table in every format: rich, Markdown, CSV, JSON; and training curves as a PNG."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from rich.table import Table
+
+# (key, header, format) of the stage table, in display order.
+COLUMNS = [
+    ("stage", "stage", "{}"),
+    ("rm_score", "RM score", "{:.3f}"),
+    ("rm_score_ci", "95% CI", "{}"),
+    ("win_rate", "win vs ref", "{:.2f}"),
+    ("kl", "KL to ref", "{:.3f}"),
+    ("length_mean", "length", "{:.1f}"),
+    ("length_median", "median", "{:.1f}"),
+    ("eos_rate", "EOS", "{:.2f}"),
+    ("non_hangul_share", "non-Hangul", "{:.2f}"),
+    ("distinct_1", "dist-1", "{:.3f}"),
+    ("distinct_2", "dist-2", "{:.3f}"),
+    ("seq_rep_4", "seq-rep-4", "{:.3f}"),
+    ("rep_w16", "rep-w16", "{:.3f}"),
+    ("loop_share", "loops", "{:.2f}"),
+]
+
+
+def _cells(stage: dict) -> list[str]:
+    values = {**stage, "rm_score_ci": f"[{stage['rm_score_ci_low']:.3f}, {stage['rm_score_ci_high']:.3f}]"}
+    return ["–" if isinstance(values[key], float) and math.isnan(values[key]) else fmt.format(values[key]) for key, _, fmt in COLUMNS]
+
+
+def caption(report: dict) -> str:
+    return (f"{report['prompts']} held-out prompts (set {report['prompt_set_sha256']}), seed {report['seed']}, "
+            f"decoding {json.dumps(report['decoding'])}, units {report['unit']}, reference {report['reference']}")
+
+
+def rich_table(report: dict) -> Table:
+    table = Table(title="kochat stage comparison", caption=caption(report))
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="left" if header == "stage" else "right")
+    for stage in report["stages"]:
+        table.add_row(*_cells(stage))
+    return table
+
+
+def markdown(report: dict) -> str:
+    lines = ["| " + " | ".join(header for _, header, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(stage)) + " |" for stage in report["stages"]]
+    return "\n".join(lines) + f"\n\n{caption(report)}\n"
+
+
+def csv_text(report: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(report["stages"][0]) + ["prompt_set_sha256", "seed", "decoding"])
+    writer.writeheader()
+    for stage in report["stages"]:
+        writer.writerow({**stage, "prompt_set_sha256": report["prompt_set_sha256"], "seed": report["seed"], "decoding": json.dumps(report["decoding"])})
+    return buffer.getvalue()
+
+
+# metrics.jsonl keys drawn per panel: (title, [(stage log key, label)])
+CURVES = [
+    ("loss", [("loss", "train loss"), ("eval_loss", "eval loss")]),
+    ("RM accuracy", [("eval_accuracy", "eval accuracy"), ("eval_accuracy_0v1", "eval 0v1")]),
+    ("PPO reward", [("rm_score", "RM score"), ("total_reward", "total reward")]),
+    ("PPO KL", [("kl", "KL to reference")]),
+]
+
+
+def plot_curves(stage_dirs: dict[str, Path], path: Path) -> Path:
+    """One PNG, a panel per quantity, a line per stage and metric, from each stage's metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
+    for axis, (title, keys) in zip(axes, CURVES):
+        for stage, directory in stage_dirs.items():
+            log = directory / "metrics.jsonl"
+            lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
+            for key, label in keys:
+                points = [(line["step"], line[key]) for line in lines if key in line]
+                if points:
+                    axis.plot(*zip(*points), marker="." if len(points) < 30 else None, label=f"{stage}: {label}")
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        if axis.has_data():
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,125 @@
+"""`kochat eval stages`: every stage answers the same held-out prompts with one decoding config and seed.
+
+The prompts are the eval split of the PPO prompts: by the build's split rule no stage ever
+trained on them. Each response is scored by one reward model; KL and win rate are measured
+against the reference stage (SFT by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import torch
+from transformers import set_seed
+
+from kochat_data.errors import UsageError
+from kochat_data.progress import progress_bar
+from kochat_data.schema import Kind
+from kochat_data.text import hangul_ratio
+from kochat_eval.metrics import bootstrap_ci, repetition_metrics, split_units
+from kochat_train.rm import ScalarRewardModel
+from kochat_train.rollout import generate, response_logits, token_logprobs
+from kochat_train.runtime import load_stage_data, resolve_device
+from kochat_train.sources import load_causal_lm, load_reward_model, load_tokenizer
+
+
+@dataclass
+class StageEvalConfig:
+    stages: dict[str, Path]
+    reward_model: Path
+    data: Path
+    reference: str = "sft"
+    max_prompts: int = 0
+    batch_size: int = 32
+    max_length: int = 128
+    decoding: dict = field(default_factory=lambda: {"max_new_tokens": 48, "top_k": 0, "top_p": 1.0, "temperature": 1.0})
+    seed: int = 0
+    unit: str = "eojeol"
+    device: str = "auto"
+
+
+def win_rate(scores: list[float], reference: list[float]) -> float:
+    """Share of prompts where a stage's RM score beats the reference's; a draw counts ½."""
+    wins = sum(1.0 if s > r else 0.5 if s == r else 0.0 for s, r in zip(scores, reference, strict=True))
+    return wins / len(scores) if scores else float("nan")
+
+
+def prompt_set_hash(prompts: list[str]) -> str:
+    return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
+
+
+def eval_prompts(data: Path, limit: int) -> list[str]:
+    prompts = list(load_stage_data(data, Kind.PPO, ["prompt"], "kochat eval stages")["eval"]["prompt"])
+    if not prompts:
+        raise UsageError(f"{data}: the ppo eval split is empty; nothing to evaluate on")
+    return prompts[:limit] if limit > 0 else prompts
+
+
+@torch.no_grad()
+def compare_stages(config: StageEvalConfig) -> tuple[dict, list[dict]]:
+    """Returns (report, generations): per-stage metrics and every response with its scores."""
+    if config.reference not in config.stages:
+        raise UsageError(f"reference stage {config.reference!r} is not among --stage {', '.join(config.stages)}")
+    device = resolve_device(config.device)
+    prompts = eval_prompts(config.data, config.max_prompts)
+    rm_tokenizer = load_tokenizer(config.reward_model)
+    reward_model = ScalarRewardModel(load_reward_model(config.reward_model, rm_tokenizer)).to(device).eval()
+    reference = load_causal_lm(config.stages[config.reference], load_tokenizer(config.stages[config.reference])).to(device).eval()
+    rows: dict[str, list[dict]] = {}
+    with progress_bar() as progress:
+        for name, directory in config.stages.items():
+            tokenizer = load_tokenizer(directory)
+            if tokenizer.get_vocab() != rm_tokenizer.get_vocab():
+                raise UsageError(f"{directory}: stage {name!r} uses another tokenizer than the reward model {config.reward_model}")
+            policy = load_causal_lm(directory, tokenizer).to(device).eval()
+            set_seed(config.seed)  # the same sampling noise for every stage
+            task = progress.add_task(f"eval {name}", total=len(prompts))
+            rows[name] = []
+            for start in range(0, len(prompts), config.batch_size):
+                batch = prompts[start : start + config.batch_size]
+                rollout = generate(policy, tokenizer, batch, config.max_length, config.decoding)
+                mask = rollout.response_mask.float()
+                logprobs = token_logprobs(response_logits(policy, rollout), rollout.response_ids)
+                ref_logprobs = token_logprobs(response_logits(reference, rollout), rollout.response_ids)
+                scores = reward_model(rollout.input_ids, rollout.attention_mask)
+                kls = ((logprobs - ref_logprobs) * mask).sum(dim=1)
+                ended = rollout.ended_with_eos(tokenizer.eos_token_id)
+                for i, prompt in enumerate(batch):
+                    response = tokenizer.decode(rollout.response_ids[i][rollout.response_mask[i] == 1], skip_special_tokens=True)
+                    rows[name].append({"stage": name, "prompt": prompt, "response": response, "rm_score": scores[i].item(),
+                                       "kl": kls[i].item(), "tokens": int(mask[i].sum()), "eos": bool(ended[i])})
+                progress.advance(task, len(batch))
+    report = {
+        "prompts": len(prompts), "prompt_set_sha256": prompt_set_hash(prompts), "seed": config.seed,
+        "decoding": config.decoding, "unit": config.unit, "reference": config.reference,
+        "reward_model": str(config.reward_model),
+        "stages": [stage_metrics(name, str(config.stages[name]), rows[name], rows[config.reference], config.unit) for name in rows],
+    }
+    return report, [row for stage_rows in rows.values() for row in stage_rows]
+
+
+def stage_metrics(name: str, directory: str, rows: list[dict], reference_rows: list[dict], unit: str) -> dict:
+    scores = [row["rm_score"] for row in rows]
+    units = [split_units(row["response"], unit) for row in rows]
+    lengths = [len(u) for u in units]
+    hangul = pl.DataFrame({"text": [row["response"] for row in rows]}).select(hangul_ratio(pl.col("text")).alias("ratio"))["ratio"]
+    low, high = bootstrap_ci(scores)
+    return {
+        "stage": name, "model": directory,
+        "rm_score": statistics.fmean(scores), "rm_score_ci_low": low, "rm_score_ci_high": high,
+        "win_rate": win_rate(scores, [row["rm_score"] for row in reference_rows]),
+        "kl": statistics.fmean(row["kl"] for row in rows),
+        "length_mean": statistics.fmean(lengths), "length_median": statistics.median(lengths),
+        "eos_rate": statistics.fmean(float(row["eos"]) for row in rows),
+        "non_hangul_share": float((hangul < 0.5).mean()),
+        **repetition_metrics(units),
+    }
+
+
+def write_generations(path: Path, generations: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in generations), encoding="utf-8")

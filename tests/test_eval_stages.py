@@ -1,0 +1,80 @@
+"""kochat_eval on tiny models, and the whole pipeline on the sample with the tiny preset."""
+
+import json
+import math
+
+import pytest
+
+from kochat_eval.rm_eval import evaluate_rm, margin_auc
+from kochat_eval.stages import StageEvalConfig, compare_stages, win_rate
+
+COLUMNS = {"rm_score", "rm_score_ci_low", "rm_score_ci_high", "win_rate", "kl", "length_mean", "length_median", "eos_rate",
+           "non_hangul_share", "distinct_1", "distinct_2", "seq_rep_4", "rep_w16", "loop_share"}
+
+
+def test_win_rate_counts_draws_as_half():
+    assert win_rate([1.0, 2.0, 3.0, 0.0], [0.5, 2.0, 4.0, -1.0]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+
+
+def test_margin_auc():
+    import numpy as np
+
+    assert margin_auc(np.array([1.0, 2.0, 0.5])) == 1.0
+    assert margin_auc(np.array([1.0, -1.0])) == 0.5
+    assert math.isnan(margin_auc(np.array([])))
+
+
+def test_eval_rm_reports_every_metric(tiny_rm, sample_data):
+    result = evaluate_rm(tiny_rm, sample_data, batch_size=8, max_length=64)
+    assert result["pairs"] == 24  # 8 eval records × 3 pairs
+    assert {"accuracy", "mean_margin", "roc_auc", "accuracy_0v1", "accuracy_0v2", "accuracy_1v2"} <= set(result)
+    stage = json.loads((tiny_rm / "kochat_stage.json").read_text())["metrics"]
+    assert result["accuracy"] == pytest.approx(stage["eval_accuracy"])
+
+
+def test_stage_eval_produces_all_columns(tiny_base, tiny_rm, sample_data, run_cli, tmp_path):
+    config = StageEvalConfig(stages={"base": tiny_base, "sft": tiny_base}, reward_model=tiny_rm, data=sample_data,
+                             decoding={"max_new_tokens": 8, "top_k": 0, "top_p": 1.0, "temperature": 1.0})
+    report, generations = compare_stages(config)
+    assert [stage["stage"] for stage in report["stages"]] == ["base", "sft"]
+    for stage in report["stages"]:
+        assert COLUMNS <= set(stage)
+        assert stage["rm_score_ci_low"] <= stage["rm_score"] <= stage["rm_score_ci_high"]
+    # the same model, prompts and seed → the same responses, KL 0 and a win rate of exactly ½
+    base, sft = report["stages"]
+    assert base["kl"] == pytest.approx(0.0, abs=1e-5) and base["win_rate"] == 0.5 and base["rm_score"] == sft["rm_score"]
+    assert len(generations) == 2 * report["prompts"] and len(report["prompt_set_sha256"]) == 16
+
+    code, out, err = run_cli("eval", "stages", "--stage", f"sft={tiny_base}", "--reward-model", tiny_rm, "--data", sample_data,
+                             "--max-new-tokens", "4", "--markdown", "--out", tmp_path / "eval")
+    assert code == 0, err
+    assert out.startswith("| stage | RM score |") and report["prompt_set_sha256"] in out
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"report.json", "table.md", "report.csv", "generations.jsonl", "curves.png"}
+    code, _, err = run_cli("eval", "stages", "--stage", "sft", "--reward-model", tiny_rm, "--data", sample_data)
+    assert code == 2 and "expected NAME=DIR" in err
+
+
+def test_pipeline_end_to_end_on_the_sample(tmp_path, run_cli):
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'preset = "tiny"\n'
+        '[train_base]\nmax_steps = 4\nmax_length = 64\n'
+        '[train_sft]\nmax_steps = 2\nmax_length = 64\n'
+        '[train_rm]\nmax_steps = 2\nmax_length = 64\n'
+        '[train_ppo]\nmax_steps = 2\nbatch_size = 4\nmini_batch_size = 2\nmax_new_tokens = 8\nmax_length = 64\n'
+        '[eval]\nmax_prompts = 4\n'
+    )
+    code, out, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run")
+    assert code == 0, err
+    for stage in ("base", "sft", "rm", "ppo"):
+        assert (tmp_path / "run" / stage / "kochat_stage.json").exists()
+    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["base", "sft", "ppo"] and report["prompts"] == 4
+    assert "kochat stage comparison" in out
+
+    stamp = (tmp_path / "run" / "sft" / "model.safetensors").stat().st_mtime_ns
+    code, _, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run")
+    assert code == 0 and "sft: finished earlier, reusing" in err
+    assert (tmp_path / "run" / "sft" / "model.safetensors").stat().st_mtime_ns == stamp
+    code, _, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run", "--seed", "7")
+    assert code == 2 and "pass --force or another --out" in err
