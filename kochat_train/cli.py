@@ -42,11 +42,12 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> Non
     for item in dataclasses.fields(config_class):
         flag = "--" + item.name.replace("_", "-")
         kind = field_type(config_class, item.name)
+        doc = item.metadata["doc"].replace("%", "%%")  # argparse %-formats help strings
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=item.metadata["doc"])
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=doc)
         else:
             default = "" if item.default is None else f" (default: {item.default})"
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=item.metadata["doc"] + default)
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=doc + default)
 
 
 def run_stage(args: argparse.Namespace) -> int:

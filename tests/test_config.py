@@ -53,3 +53,10 @@ def test_cli_unreadable_config_file(run_cli, tmp_path):
     (tmp_path / "c.json").write_text("{not json")
     code, _, err = run_cli("train", "rm", "--config", tmp_path / "c.json")
     assert code == 2 and "not valid JSON" in err
+
+
+@pytest.mark.parametrize("command", [["train", stage] for stage in ("base", "sft", "rm", "ppo")] + [["eval", "rm"], ["eval", "stages"], ["pipeline"]])
+def test_every_command_has_help(run_cli, command):
+    with pytest.raises(SystemExit) as caught:
+        run_cli(*command, "--help")
+    assert caught.value.code == 0
