@@ -29,7 +29,8 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
     """Accuracy (tie = wrong), mean margin, ROC-AUC and accuracy per rank pair on the eval split."""
     pairs = load_stage_data(data_dir, Kind.RM, PAIR_COLUMNS, "kochat eval rm")["eval"]
     tokenizer = load_tokenizer(model_dir)
-    reward_model = ScalarRewardModel(load_reward_model(model_dir, tokenizer)).to(resolve_device(device)).eval()
+    device = resolve_device(device)
+    reward_model = ScalarRewardModel(load_reward_model(model_dir, tokenizer)).to(device).eval()
     features = tokenize_pairs(pairs, tokenizer, max_length)
     collate = PairCollator(tokenizer)
     rewards, ranks = [], []
@@ -37,8 +38,7 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
         task = progress.add_task("scoring eval pairs", total=len(features))
         for start in range(0, len(features), batch_size):
             batch = collate(list(features.select(range(start, min(start + batch_size, len(features))))))
-            device_of = next(reward_model.parameters()).device
-            chosen, rejected = reward_model(batch["input_ids"].to(device_of), batch["attention_mask"].to(device_of)).cpu().chunk(2)
+            chosen, rejected = reward_model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu().chunk(2)
             rewards.append(torch.stack([chosen, rejected], dim=1))
             ranks.append(batch["ranks"])
             progress.advance(task, len(batch["ranks"]))
