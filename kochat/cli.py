@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
-import kochat_data.cli
-import kochat_eval.cli
-import kochat_train.cli
 from kochat_data.errors import KochatError
 
+# The packages' command modules import torch and transformers (seconds); only the one a
+# command line names is imported, so `kochat data …` starts without them.
+PACKAGES = {
+    "data": ("kochat_data.cli", "validate, build, pair and describe datasets"),
+    "train": ("kochat_train.cli", "train the base, SFT, reward model and PPO stages"),
+    "eval": ("kochat_eval.cli", "reward model accuracy and the stage comparison"),
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(package: str | None = None) -> argparse.ArgumentParser:
+    """The parser with the commands of `package` (every package's help line either way)."""
     parser = argparse.ArgumentParser(
         prog="kochat",
         description="Reproducible Korean RLHF: validated data, SFT → reward model → PPO, honest metrics.",
     )
     packages = parser.add_subparsers(dest="package", required=True, metavar="{data,train,eval,pipeline}")
-    kochat_data.cli.register(packages)
-    kochat_train.cli.register(packages)
-    kochat_eval.cli.register(packages)
+    for name, (module, help_text) in PACKAGES.items():
+        package_parser = packages.add_parser(name, help=help_text)
+        if name == package:
+            importlib.import_module(module).register(package_parser)
     pipeline = packages.add_parser("pipeline", help="build → base → SFT → RM → PPO → stage comparison in one go")
     pipeline.add_argument("--data-dir", type=Path, metavar="DIR", help="a directory with *_1_SFT*, *_2_RM*, *_3_PPO* files (default: data/sample)")
     for kind in ("sft", "rm", "ppo"):
@@ -59,7 +67,9 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    named = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(named).parse_args(argv)
     try:
         return args.run(args) or 0
     except KochatError as err:

@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import kochat_data
 from kochat_data.atomic import atomic_directory, check_writable
@@ -17,8 +18,9 @@ from kochat_data.errors import UsageError
 from kochat_data.pairs import expand_pairs
 from kochat_data.progress import progress_bar
 from kochat_data.schema import FEATURES, Kind
-from kochat_data.split import SPLITS, is_eval, shuffled
-from kochat_data.text import fold, prompt_id
+from kochat_data.split import SPLITS, eval_prompt_ids, shuffled
+from kochat_data.columnar import folded
+from kochat_data.text import prompt_ids
 from kochat_data.validate import ValidatedFile, raise_for_problems, validate_file
 
 ON_INVALID = ("fail", "skip")
@@ -62,12 +64,15 @@ class BuildConfig:
 
 @dataclass
 class KindRows:
-    """The unique records of one kind, as columns, with per-file duplicate counts."""
+    """The unique records of one kind with their prompt ids, and per-file duplicate counts."""
 
-    columns: dict[str, list] = field(default_factory=dict)
-    kept: int = 0
+    frame: pl.DataFrame | None = None
     duplicates: dict[int, int] = field(default_factory=dict)
     """Duplicates dropped, by position of the input file in the build's file list."""
+
+    @property
+    def kept(self) -> int:
+        return 0 if self.frame is None else self.frame.height
 
 
 def build(config: BuildConfig) -> dict:
@@ -81,16 +86,17 @@ def build(config: BuildConfig) -> dict:
         raise_for_problems(files)
     rows = {kind: _unique_rows(kind, files) for kind in Kind}
     duplicates = {position: count for kind_rows in rows.values() for position, count in kind_rows.duplicates.items()}
-    rows = {kind: kind_rows for kind, kind_rows in rows.items() if kind_rows.columns}
-    prompt_ids = sorted({pid for kind_rows in rows.values() for pid in kind_rows.columns["prompt_id"]})
-    eval_ids = [pid for pid in prompt_ids if is_eval(pid, config.seed, config.eval_ratio)]
+    rows = {kind: kind_rows for kind, kind_rows in rows.items() if kind_rows.kept}
+    prompt_ids = pl.concat([kind_rows.frame.get_column("prompt_id") for kind_rows in rows.values()]).unique().sort().to_list()
+    eval_ids = eval_prompt_ids(prompt_ids, config.seed, config.eval_ratio)
     manifest = _manifest_header(config, files, duplicates, prompt_ids, eval_ids)
     with atomic_directory(config.out, config.overwrite) as staging, progress_bar() as progress:
         task = progress.add_task("writing datasets", total=len(rows))
         for kind, kind_rows in rows.items():
+            kept, duplicates = kind_rows.kept, sum(kind_rows.duplicates.values())
             tables, kind_counts = _split_tables(kind, kind_rows, eval_ids, config.seed)
             _save(kind, tables, staging / kind.value, config, manifest["inputs"])
-            manifest[kind.value] = _kind_summary(kind, files, kind_rows, kind_counts, tables)
+            manifest[kind.value] = _kind_summary(kind, files, kept, duplicates, kind_counts, tables)
             progress.advance(task)
         _totals(manifest)
         _write_rejects(staging / "rejects.jsonl", files)
@@ -104,56 +110,49 @@ def _validate_inputs(inputs: list[tuple[Kind, Path]]) -> list[ValidatedFile]:
         files = []
         for kind, path in inputs:
             progress.update(task, description=f"validating {path.name}")
-            files.append(validate_file(path, kind))
+            files.append(validate_file(path, kind, columnar=True))
             progress.advance(task)
     return files
 
 
-def _dedup_key(kind: Kind, record: dict) -> bytes:
-    """A digest of the folded record: 16 bytes to remember per record instead of its texts."""
-    if kind is Kind.SFT:
-        parts = [record["prompt"], record["completion"]]
-    elif kind is Kind.RM:
-        parts = [record["prompt"], *record["completions"], json.dumps(record["ranking"])]
-    else:
-        parts = [record["prompt"]]
-    return hashlib.blake2b("\x00".join(map(fold, parts)).encode("utf-8"), digest_size=16).digest()
-
-
 def _unique_rows(kind: Kind, files: list[ValidatedFile]) -> KindRows:
     """The records of `kind`, less those equal (after NFC and whitespace folding) to an earlier one."""
-    value_fields = {Kind.SFT: ["prompt", "completion"], Kind.RM: ["prompt", "completions", "ranking"], Kind.PPO: ["prompt"]}[kind]
-    rows = KindRows()
-    if not any(f.records for f in files if f.kind is kind):
-        return rows
-    rows.columns = {name: [] for name in [*value_fields, "prompt_id", "extra"]}
-    seen: set[bytes] = set()
-    for position, validated in enumerate(files):
-        if validated.kind is not kind:
-            continue
-        duplicates = 0
-        for record in validated.records:
-            key = _dedup_key(kind, record)
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            for name in value_fields:
-                rows.columns[name].append(record[name])
-            rows.columns["prompt_id"].append(prompt_id(record["prompt"]))
-            rows.columns["extra"].append(json.dumps(record["extra"], ensure_ascii=False, sort_keys=True))
-        rows.duplicates[position] = duplicates
-        validated.records.clear()  # the columns hold what is kept; free the per-record dicts
-    rows.kept = len(rows.columns["prompt"])
+    mine = [(position, validated.rows()) for position, validated in enumerate(files) if validated.kind is kind]
+    if not any(frame.height for _, frame in mine):
+        return KindRows()
+    frame = pl.concat([frame.with_columns(file=pl.lit(position, pl.UInt32)) for position, frame in mine], how="vertical_relaxed")
+    for validated in files:
+        if validated.kind is kind:
+            validated.frame, validated.records = None, []  # the concatenated frame holds them now
+    prompts = folded(frame.get_column("prompt"))
+    key = {"prompt": prompts}
+    if kind is Kind.SFT:
+        key["completion"] = folded(frame.get_column("completion"))
+    elif kind is Kind.RM:
+        key["completions"] = _folded_lists(frame.get_column("completions"))
+        key["ranking"] = frame.get_column("ranking")
+    first = pl.DataFrame(key).select(pl.struct(pl.all()).is_first_distinct()).to_series()
+    duplicates = frame.select("file").with_columns(dropped=~first).group_by("file").agg(pl.col("dropped").sum())
+    rows = KindRows(duplicates=dict.fromkeys((position for position, _ in mine), 0))
+    rows.duplicates.update(dict(duplicates.iter_rows()))
+    rows.frame = frame.with_columns(prompt_id=prompt_ids(prompts)).filter(first).drop("file")
     return rows
+
+
+def _folded_lists(lists: pl.Series) -> pl.Series:
+    """fold() of every text of a list column."""
+    arrow = lists.rechunk().to_arrow()
+    texts = pl.Series(pc.list_flatten(arrow))
+    folded_texts = folded(texts)
+    if folded_texts is texts:  # nothing to fold, the common case
+        return lists
+    offsets = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(pc.list_value_length(arrow).cast(pa.int64()))])
+    return pl.Series(lists.name, pa.LargeListArray.from_arrays(offsets, folded_texts.to_arrow()))
 
 
 def _split_tables(kind: Kind, rows: KindRows, eval_ids: list[str], seed: int) -> tuple[dict[str, pa.Table], dict]:
     """Train and eval tables of one kind (RM records expanded to pairs), each in seeded order."""
-    # pyarrow converts the Python lists in C++; pl.DataFrame(dict of lists) peaks at ~3× the
-    # size of the data on the nested `completions` column.
-    frame = pl.from_arrow(pa.table(rows.columns))
-    rows.columns.clear()
+    frame, rows.frame = rows.frame, None
     counts: dict = {}
     if kind is Kind.RM:
         records = frame.with_row_index("record")
@@ -201,13 +200,13 @@ def _manifest_header(
     }
 
 
-def _kind_summary(kind: Kind, files: list[ValidatedFile], rows: KindRows, counts: dict, tables: dict) -> dict:
+def _kind_summary(kind: Kind, files: list[ValidatedFile], kept: int, duplicates: int, counts: dict, tables: dict) -> dict:
     mine = [f for f in files if f.kind is kind]
     summary = {
         "records": sum(f.total for f in mine),
-        "kept": rows.kept,
+        "kept": kept,
         "rejected": sum(len(f.rejects) for f in mine),
-        "duplicates": sum(rows.duplicates.values()),
+        "duplicates": duplicates,
         "rows": {split: table.num_rows for split, table in tables.items()},
     }
     if kind is Kind.RM:

@@ -20,8 +20,8 @@ from kochat_data.validate import validate_file
 console = Console()
 
 
-def register(packages: argparse._SubParsersAction) -> None:
-    data = packages.add_parser("data", help="validate, build, pair and describe datasets")
+def register(data: argparse.ArgumentParser) -> None:
+    """Add the `kochat data …` commands to its parser."""
     commands = data.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate", help="check files against the KoChatGPT formats")

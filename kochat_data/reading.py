@@ -41,16 +41,21 @@ class SourceRecord:
     error: str | None = None
 
 
-def read_text(path: Path) -> tuple[str, str]:
-    """The file as text (UTF-8 with or without BOM; anything else is a usage error) and its sha256."""
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes; a missing file, a directory or a file we may not read is a usage error."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory, expected a data file") from None
     except PermissionError:
         raise UsageError(f"{path}: permission denied") from None
+
+
+def read_text(path: Path) -> tuple[str, str]:
+    """The file as text (UTF-8 with or without BOM; anything else is a usage error) and its sha256."""
+    raw = read_bytes(path)
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise UsageError(f"{path}: UTF-16 text; kochat reads UTF-8 (iconv -f utf-16 -t utf-8 {path})")
     try:

@@ -10,19 +10,15 @@ import polars as pl
 SPLITS = ("train", "eval")
 
 
-def eval_score(prompt_id: str, seed: int) -> float:
-    """A uniform number in [0, 1) fixed by the prompt and the seed alone.
+def eval_prompt_ids(prompt_ids: list[str], seed: int, eval_ratio: float) -> list[str]:
+    """The prompts held out for eval: those whose seeded hash, as a number in [0, 1), is below `eval_ratio`.
 
     Hashing (rather than shuffling the prompt list) makes a prompt's split independent of
     which files and kinds are built together: the same seed puts it on the same side in
-    `kochat data build` and in `kochat data pairs`, and in every kind.
+    every build and in every kind.
     """
-    digest = hashlib.blake2b(f"{seed}:{prompt_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
-def is_eval(prompt_id: str, seed: int, eval_ratio: float) -> bool:
-    return eval_score(prompt_id, seed) < eval_ratio
+    prefix, threshold, blake2b = f"{seed}:".encode(), eval_ratio * 2**64, hashlib.blake2b
+    return [pid for pid in prompt_ids if int.from_bytes(blake2b(prefix + pid.encode(), digest_size=8).digest(), "big") < threshold]
 
 
 def shuffled(frame: pl.DataFrame, seed: int, stream: int) -> pl.DataFrame:

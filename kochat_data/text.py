@@ -28,7 +28,16 @@ def fold(text: str) -> str:
 
 def prompt_id(prompt: str) -> str:
     """A stable id of the folded prompt, shared by every file and kind it appears in."""
-    return hashlib.blake2b(fold(prompt).encode("utf-8"), digest_size=8).hexdigest()
+    return _folded_prompt_id(fold(prompt))
+
+
+def _folded_prompt_id(folded_prompt: str) -> str:
+    return hashlib.blake2b(folded_prompt.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def prompt_ids(folded_prompts: pl.Series) -> pl.Series:
+    """prompt_id() of each already folded prompt."""
+    return pl.Series([_folded_prompt_id(text) for text in folded_prompts.to_list()], dtype=pl.String)
 
 
 def hangul_ratio(texts: pl.Expr) -> pl.Expr:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
+import pyarrow as pa
+
+from kochat_data.columnar import read_clean_frame
 from kochat_data.errors import InvalidDataError, Problem, UsageError
-from kochat_data.reading import FileFormat, SourceRecord, read_records
+from kochat_data.reading import FileFormat, SourceRecord, detect_format, read_bytes, read_records
 from kochat_data.schema import Kind, check_record, detect_kind
 
 _KIND_DETECTION_WINDOW = 100
@@ -27,6 +33,19 @@ class ValidatedFile:
     """One entry per rejected record: file, index, line, reason and the raw record."""
     total: int = 0
     """Records read, valid or not (kept even when a consumer releases `records`)."""
+    frame: pl.DataFrame | None = None
+    """The valid records as columns (see `rows`), set directly by the columnar path."""
+
+    def rows(self) -> pl.DataFrame:
+        """The valid records as columns: prompt, completion or completions + ranking, and extra as JSON."""
+        if self.frame is None:
+            names = {Kind.SFT: ["prompt", "completion"], Kind.RM: ["prompt", "completions", "ranking"], Kind.PPO: ["prompt"]}[self.kind]
+            columns = {name: [record[name] for record in self.records] for name in names}
+            columns["extra"] = [json.dumps(record["extra"], ensure_ascii=False, sort_keys=True) for record in self.records]
+            # pyarrow converts the Python lists in C++; pl.DataFrame(dict of lists) peaks at ~3×
+            # the size of the data on the nested `completions` column.
+            self.frame = pl.from_arrow(pa.table(columns))
+        return self.frame
 
     def summary(self) -> str:
         """One closing line: how many records are invalid and the most common reasons."""
@@ -35,8 +54,17 @@ class ValidatedFile:
         return f"{self.path}: {len(self.rejects)} of {self.total} {self.kind.value} records invalid ({common})"
 
 
-def validate_file(path: Path, kind: Kind | None = None) -> ValidatedFile:
-    """Read and check every record; `kind=None` detects it from the fields."""
+def validate_file(path: Path, kind: Kind | None = None, columnar: bool = False) -> ValidatedFile:
+    """Read and check every record; `kind=None` detects it from the fields.
+
+    `columnar` tries the whole-file path first (`kochat_data.columnar`): for a clean file it
+    fills `frame` instead of `records`, many times faster; any other file is read record by
+    record as without it.
+    """
+    if columnar and kind is not None:
+        validated = _validate_columnar(path, kind)
+        if validated is not None:
+            return validated
     file_format, sha256, records = read_records(path)
     if file_format is FileFormat.CONVERSATION:
         if kind not in (None, Kind.SFT):
@@ -58,6 +86,18 @@ def validate_file(path: Path, kind: Kind | None = None) -> ValidatedFile:
         clean["index"], clean["line"] = source.index, source.line
         result.records.append(clean)
     return result
+
+
+def _validate_columnar(path: Path, kind: Kind) -> ValidatedFile | None:
+    raw = read_bytes(path)
+    head = raw[:4096].decode("utf-8-sig", errors="ignore")
+    if not head.strip():
+        return None
+    file_format = detect_format(path, head)
+    frame = read_clean_frame(raw, file_format, kind)
+    if frame is None:
+        return None
+    return ValidatedFile(path, kind, file_format, hashlib.sha256(raw).hexdigest(), total=frame.height, frame=frame)
 
 
 def _reject(result: ValidatedFile, display: str, source: SourceRecord, problems: list[tuple[str | None, str]]) -> None:

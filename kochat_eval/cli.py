@@ -20,8 +20,8 @@ from kochat_eval.stages import StageEvalConfig, compare_stages, write_generation
 console = Console()
 
 
-def register(packages: argparse._SubParsersAction) -> None:
-    evaluate = packages.add_parser("eval", help="reward model accuracy and the stage comparison")
+def register(evaluate: argparse.ArgumentParser) -> None:
+    """Add the `kochat eval …` commands to its parser."""
     commands = evaluate.add_subparsers(dest="command", required=True)
 
     rm = commands.add_parser("rm", help="pairwise accuracy, margin, ROC-AUC and accuracy by rank pair on the eval pairs")

@@ -27,8 +27,8 @@ STAGES = {
 }
 
 
-def register(packages: argparse._SubParsersAction) -> None:
-    train = packages.add_parser("train", help="train the base, SFT, reward model and PPO stages")
+def register(train: argparse.ArgumentParser) -> None:
+    """Add the `kochat train …` commands to its parser."""
     stages = train.add_subparsers(dest="stage", required=True)
     for name, (config_class, _, help_text) in STAGES.items():
         parser = stages.add_parser(name, help=help_text, description=help_text)
