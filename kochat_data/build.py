@@ -161,7 +161,7 @@ def _split_tables(kind: Kind, rows: KindRows, eval_ids: list[str], seed: int) ->
         paired = pairs.get_column("record").unique()
         counts = {"possible": possible, "ties": ties, "written": pairs.height,
                   "records_without_pairs": records.height - paired.len()}
-        frame = pairs
+        frame, records = pairs, None  # the records' own copies of the texts go before the splits are copied out
     schema = FEATURES[kind].arrow_schema
     in_eval = pl.col("prompt_id").is_in(pl.Series(eval_ids, dtype=pl.String).implode())
     stream = list(Kind).index(kind) * len(SPLITS)
