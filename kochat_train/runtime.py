@@ -19,7 +19,7 @@ from typing import Any
 import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 
 from kochat_data.atomic import check_writable
 from kochat_data.errors import KochatError, UsageError
@@ -45,7 +45,7 @@ def prepare_output(config: TrainConfig) -> str | None:
     out = Path(config.out)
     if config.resume:
         checkpoints = out / CHECKPOINTS
-        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        last = last_complete_checkpoint(checkpoints)
         if last is None:
             raise UsageError(f"{out}: nothing to resume (no checkpoint under {checkpoints})")
         drop_metrics_after(out / METRICS_FILE, step=int(Path(last).name.rsplit("-", 1)[-1]))
@@ -56,6 +56,16 @@ def prepare_output(config: TrainConfig) -> str | None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     return None
+
+
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest Trainer checkpoint that was written to the end.
+
+    The Trainer writes `trainer_state.json` last; a run killed while saving leaves a newer
+    checkpoint directory without it, which `get_last_checkpoint` would pick.
+    """
+    complete = [path for path in checkpoints.glob("checkpoint-*") if (path / TRAINER_STATE_NAME).is_file()] if checkpoints.is_dir() else []
+    return str(max(complete, key=lambda path: int(path.name.rsplit("-", 1)[-1]))) if complete else None
 
 
 def drop_metrics_after(path: Path, step: int) -> None:

@@ -1,41 +1,13 @@
-"""The seed's approach (KoChatGPT notebooks), re-created as plain reference code for the benchmarks.
+"""The seed's reward-model training and sampling loop (KoChatGPT notebooks), re-created as plain reference code.
 
-Nothing here is used by kochat; it is the baseline `bench/run_all.py` measures against,
-written the way the seed wrote it: a list of dicts, Python loops, fixed padding.
+Nothing here is used by kochat; it is the baseline bench/run_all.py measures against,
+written the way the seed wrote it: fixed padding, two forwards, a Python loop per token.
 """
 
 from __future__ import annotations
 
-import json
-import random
-from pathlib import Path
-
-import datasets
 import torch
 from torch import nn
-
-
-def build_rm_data(source: Path, out: Path, eval_share: float = 0.1, seed: int = 230319) -> int:
-    """json.load, pairwise expansion in Python, shuffle and slice, Dataset.from_list, save_to_disk."""
-    with open(source, encoding="utf-8-sig") as handle:
-        records = json.load(handle)
-    pairs = []
-    for record in records:
-        for first, second in ((0, 1), (0, 2), (1, 2)):
-            pair = {"prompt": record["prompt"]}
-            if record["ranking"][first] < record["ranking"][second]:
-                pair["chosen"], pair["rejected"] = record[f"completion_{first}"], record[f"completion_{second}"]
-            else:
-                pair["chosen"], pair["rejected"] = record[f"completion_{second}"], record[f"completion_{first}"]
-            pairs.append(pair)
-    random.seed(seed)
-    random.shuffle(pairs)
-    cut = int(len(pairs) * (1 - eval_share))
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_list(pairs[:cut]),
-        "eval": datasets.Dataset.from_list(pairs[cut:]),
-    }).save_to_disk(str(out))
-    return len(pairs)
 
 
 class RewardDataset(torch.utils.data.Dataset):
@@ -98,9 +70,3 @@ def sample(model: nn.Module, tokenizer, prompts: list[str], new_tokens: int, top
         input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
         unfinished = unfinished * (next_tokens != tokenizer.eos_token_id).long()
     return input_ids
-
-
-if __name__ == "__main__":  # python bench/seed_style.py SOURCE OUT: the data build alone, for a clean RSS reading
-    import sys
-
-    build_rm_data(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,128 @@
+"""The training workloads of bench/run_all.py: RM training, PPO rollouts and SFT FLOP/s (imported by it on demand).
+
+Each returns rows of (workload, kochat figure, seed-style figure, target text, ratio needed).
+The model is the `small` preset (4 layers, width 256, 8k BPE vocabulary) after one optimizer
+step: speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import AutoModel, AutoModelForCausalLM
+
+import seed_training
+from kochat_data.build import BuildConfig, build
+from kochat_train.base import BaseConfig, train_base
+from kochat_train.rm import RewardConfig, train_rm
+from kochat_train.rollout import generate as kochat_generate
+from kochat_train.sft import SFTConfig, tokenize_sft, train_sft
+from kochat_train.sources import load_tokenizer
+from kochat_train.template import render_prompt
+
+QUIET = {"overwrite": True, "logging_steps": 1000, "save_steps": 10**6, "seed": 0}
+
+
+def prepare(out: Path, shared: Path) -> tuple[Path, Path]:
+    """The shared data built once, and a `small` model (one optimizer step: a tokenizer and 512 positions)."""
+    data = out / "shared_built"
+    if not (data / "manifest.json").exists():
+        build(BuildConfig(out=data, overwrite=True, on_invalid="skip",
+                          sft=[shared / "derived" / "kochat_1_SFT_chatbot.jsonl"],
+                          rm=[shared / "derived" / "kochat_2_RM_chatbot.jsonl"],
+                          ppo=[shared / "kochatgpt" / "kochatgpt_3_PPO.jsonl"]))
+    base = out / "base"
+    if not (base / "kochat_stage.json").exists():
+        train_base(BaseConfig(data=data, out=base, preset="small", max_length=512, max_steps=1, **QUIET))
+    return data, base
+
+
+
+def subset(data: Path, kind: str, rows: int, out: Path) -> Path:
+    """A build directory holding the first `rows` train rows of one kind and 32 eval rows (kochat evaluates
+    at the end of the epoch and the seed does not: that time counts against kochat)."""
+    dataset = datasets.load_from_disk(str(data / kind))
+    datasets.DatasetDict({"train": dataset["train"].select(range(rows)), "eval": dataset["eval"].select(range(32))}).save_to_disk(str(out / kind))
+    return out
+
+
+
+def bench_rm(out: Path, data: Path, base: Path, pairs: int, batch_size: int) -> list[dict]:
+    learning_rate = 5e-5
+    started = time.perf_counter()
+    train_rm(RewardConfig(data=subset(data, "rm", pairs, out / "rm_subset"), out=out / "rm_kochat", model=str(base),
+                          batch_size=batch_size, learning_rate=learning_rate, **QUIET))
+    ours = time.perf_counter() - started
+
+    tokenizer = load_tokenizer(str(base))
+    records = datasets.load_from_disk(str(data / "rm"))["train"].select(range(pairs)).to_list()
+    started = time.perf_counter()
+    backbone = AutoModel.from_pretrained(base)
+    model = seed_training.MeanValueRewardModel(backbone, backbone.config.n_embd)
+    seed_training.train_rm(model, seed_training.RewardDataset(records, tokenizer, 512), batch_size, learning_rate)
+    seed = time.perf_counter() - started
+    return [(f"RM training, {pairs} pairs, batch {batch_size} (pairs/s)", pairs / ours, pairs / seed, "≥ 4×", 4.0)]
+
+
+
+def bench_rollout(data: Path, base: Path, batches: int, batch_size: int, new_tokens: int) -> list[dict]:
+    tokenizer = load_tokenizer(str(base))
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    prompts = [render_prompt(p) for p in datasets.load_from_disk(str(data / "ppo"))["eval"]["prompt"][: batches * batch_size]]
+    chunks = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    # Both sides generate exactly `new_tokens` per prompt (kochat: EOS suppressed until then).
+    sampling = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "top_k": 50, "top_p": 1.0, "temperature": 1.0}
+
+    def ours(chunk):
+        kochat_generate(model, tokenizer, [p for p in chunk], max_length=96, sampling=sampling)
+
+    def seed(chunk):
+        seed_training.sample(model, tokenizer, chunk, new_tokens, top_k=50)
+
+    rates = {}
+    for name, run in (("kochat", ours), ("seed", seed)):
+        torch.manual_seed(0)
+        run(chunks[0][:2])  # warm-up
+        started = time.perf_counter()
+        for chunk in chunks:
+            run(chunk)
+        rates[name] = len(prompts) * new_tokens / (time.perf_counter() - started)
+    return [(f"PPO rollout, batch {batch_size}, {new_tokens} new tokens (tokens/s)", rates["kochat"], rates["seed"], "≥ 2×", 2.0)]
+
+
+
+def matmul_peak(width: int, rows: int = 2048, repeats: int = 30) -> float:
+    """GFLOP/s of torch.matmul, fp32, (rows × width) @ (width × 4·width): the MLP's shape."""
+    left, right = torch.randn(rows, width), torch.randn(width, 4 * width)
+    best = 0.0
+    for _ in range(3):
+        torch.matmul(left, right)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.matmul(left, right)
+        best = max(best, 2 * rows * width * 4 * width * repeats / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+
+def training_flops(lengths: list[int], layers: int, width: int, vocab: int) -> float:
+    """Forward + backward (3× forward) FLOPs over real tokens: weight matmuls 2·(12·L·d² + d·V) per
+    token and attention 4·L·d·t for a token in a sequence of t tokens (QKᵀ and AV)."""
+    weights = 12 * layers * width**2 + width * vocab
+    return 3 * sum(2 * weights * t + 4 * layers * width * t * t for t in lengths)
+
+
+
+def bench_sft(out: Path, data: Path, base: Path, examples: int, batch_size: int) -> list[dict]:
+    result = train_sft(SFTConfig(data=subset(data, "sft", examples, out / "sft_subset"), out=out / "sft_kochat", model=str(base),
+                                 batch_size=batch_size, learning_rate=5e-5, max_length=256, **QUIET))
+    config = AutoModelForCausalLM.from_pretrained(base).config
+    tokenizer = load_tokenizer(str(base))
+    lengths = [len(ids) for ids in tokenize_sft(datasets.load_from_disk(str(out / "sft_subset" / "sft"))["train"], tokenizer, 256)["input_ids"]]
+    achieved = training_flops(lengths, config.n_layer, config.n_embd, config.vocab_size) / result.metrics["train_runtime"] / 1e9
+    peak = matmul_peak(config.n_embd)
+    return [(f"SFT training, {examples} examples, batch {batch_size} (GFLOP/s; seed-style column: matmul peak)",
+                achieved, peak, "≥ 0.5 of peak", 0.5)]
