@@ -7,7 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from kochat_data.errors import KochatError
+from kochat_data.errors import KochatError, UsageError
 
 # The packages' command modules import torch and transformers (seconds); only the one a
 # command line names is imported, so `kochat data …` starts without them.
@@ -44,7 +44,12 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
+    import os
     import time
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("kochat pipeline runs in one process; launch the training stages with torchrun instead "
+                         "(torchrun --nproc_per_node N -m kochat train sft|rm|ppo …)")
 
     import datasets
     import transformers

@@ -12,7 +12,10 @@ from kochat_data.errors import UsageError
 
 
 def check_writable(out: Path, overwrite: bool) -> None:
-    """Refuse early (before any work) to replace a non-empty directory without --overwrite."""
+    """Refuse early (before any work) to replace a non-empty directory without --overwrite
+    (after restoring or clearing what a killed writer of `out` left beside it)."""
+    if out.parent.is_dir():
+        _remove_stale_staging(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -28,7 +31,6 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
     """
     check_writable(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -45,10 +47,22 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def _remove_stale_staging(out: Path) -> None:
+    """Clear what killed writers left: staging directories, and a retired previous output,
+    which goes back under its name when the kill fell between the two renames."""
     for leftover in out.parent.glob(f".{out.name}.partial-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if _writer_dead(leftover):
             shutil.rmtree(leftover, ignore_errors=True)
+    for retired in out.parent.glob(f".{out.name}.retired-*"):
+        if _writer_dead(retired):
+            if out.exists():
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.rename(retired, out)
+
+
+def _writer_dead(leftover: Path) -> bool:
+    pid = leftover.name.rsplit("-", 1)[-1]
+    return pid.isdigit() and not _process_alive(int(pid))
 
 
 def _process_alive(pid: int) -> bool:

@@ -8,7 +8,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 stderr_console = Console(stderr=True)
 
 
-def progress_bar() -> Progress:
+def progress_bar(enabled: bool = True) -> Progress:
+    """A transient bar on stderr; `enabled=False` gives a silent one (the other ranks of a torchrun job)."""
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -17,4 +18,5 @@ def progress_bar() -> Progress:
         TimeElapsedColumn(),
         console=stderr_console,
         transient=True,
+        disable=not enabled,
     )

@@ -40,6 +40,7 @@ class BaseConfig(TrainConfig):
     n_head: int | None = option(None, "attention heads; must divide n_embd (default: the preset's)")
     min_frequency: int = option(2, "pairs seen fewer times are not merged by BPE")
     learning_rate: float = option(1e-3, "peak learning rate (higher than fine-tuning: the weights start random)")
+    sampling: str = option("random", "batch order: random (packed blocks all have one length), group_by_length or sequential")
 
     def resolved(self) -> BaseConfig:
         """The config with preset values in every architecture field left empty."""
@@ -118,7 +119,7 @@ def train_base(config: BaseConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     ))
     trainer = GuardedTrainer(
         model=model,
-        args=training_arguments(config, evaluate=eval_blocks is not None, sampling="random"),
+        args=training_arguments(config, evaluate=eval_blocks is not None),
         train_dataset=_block_dataset(train_blocks),
         eval_dataset=_block_dataset(eval_blocks) if eval_blocks is not None else None,
         data_collator=default_data_collator,

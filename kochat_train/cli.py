@@ -15,6 +15,7 @@ from kochat_train.base import BaseConfig, train_base
 from kochat_train.config import field_type, resolve_config
 from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.rm import RewardConfig, train_rm
+from kochat_train.runtime import is_main_process
 from kochat_train.sft import SFTConfig, train_sft
 
 console = Console()
@@ -59,6 +60,7 @@ def run_stage(args: argparse.Namespace) -> int:
     transformers.logging.disable_progress_bar()
     _, stage_function, _ = STAGES[args.stage]
     result = stage_function(config)
-    console.print(f"[bold]{args.stage}[/] → {result.out}")
-    console.print_json(json.dumps(result.metrics))
+    if is_main_process():  # under torchrun every rank returns the same result
+        console.print(f"[bold]{args.stage}[/] → {result.out}")
+        console.print_json(json.dumps(result.metrics))
     return 0

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from kochat_data.errors import UsageError
 
+SAMPLING = ("group_by_length", "random", "sequential")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 Config = TypeVar("Config", bound="TrainConfig")
@@ -58,6 +59,8 @@ class TrainConfig:
     lora_alpha: int = option(16, "LoRA scaling numerator (scale = alpha / rank)")
     lora_dropout: float = option(0.0, "dropout on the LoRA branch")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    sampling: str = option("group_by_length", "batch order: group_by_length (similar lengths together: less padding), "
+                           "random, or sequential (file order: the same global batches for any number of processes)")
     resume: bool = option(False, "continue from the last checkpoint in --out")
     overwrite: bool = option(False, "replace a non-empty --out")
 
@@ -81,6 +84,8 @@ class TrainConfig:
             found.append(f"'lora_dropout' must be in [0, 1), got {self.lora_dropout}")
         if self.device not in DEVICES:
             found.append(f"'device' must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.sampling not in SAMPLING:
+            found.append(f"'sampling' must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
         if self.resume and self.overwrite:
             found.append("'resume' and 'overwrite' contradict each other")
         return found

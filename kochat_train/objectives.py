@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 
 import numpy as np
@@ -45,10 +47,17 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Scale to unit variance over the masked entries (and centre them unless `shift_mean` is False)."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+) -> torch.Tensor:
+    """Scale to unit variance over the masked entries (and centre them unless `shift_mean` is False).
+
+    `total` sums a tensor over every process that holds part of the batch (data-parallel
+    PPO passes an all-reduce), so that mean and variance are the global batch's.
+    """
+    count = total(mask.sum()).clamp(min=1)
+    mean = total((values * mask).sum()) / count
+    variance = total((((values - mean) ** 2) * mask).sum()) / count
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     return (whitened if shift_mean else whitened + mean) * mask
 

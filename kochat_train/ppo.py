@@ -32,6 +32,7 @@ from kochat_train.sources import load_causal_lm, load_reward_model, load_tokeniz
 ScoreFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 STATE_FILE = "ppo_state.pt"
+_RANK_SEED_STRIDE = 1_000_003  # keeps the sampling seeds of different processes apart
 
 
 @dataclass
@@ -92,8 +93,9 @@ class PPOTrainer:
             model.to(self.device)
         self.reference.eval()
         self.reward_model.eval()
-        trainable = [p for model in (self.actor, self.critic) for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        runtime.broadcast_parameters([self.actor, self.critic])
+        self.trainable = [p for model in (self.actor, self.critic) for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.score_fn = score_fn
         self.kl_coef = config.kl_coef
         self.sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
@@ -119,7 +121,8 @@ class PPOTrainer:
         penalised = scores - self.config.missing_eos_penalty * (~ended).float()
         rewards = ops.kl_penalised_rewards(penalised, logprobs, ref_logprobs, mask, self.kl_coef)
         advantages, returns = ops.gae(rewards, values * mask, mask, self.config.gamma, self.config.lam)
-        batch = {"logprobs": logprobs, "values": values * mask, "advantages": ops.whiten(advantages, mask), "returns": returns}
+        whitened = ops.whiten(advantages, mask, total=runtime.all_reduce_sum)  # over the global batch under torchrun
+        batch = {"logprobs": logprobs, "values": values * mask, "advantages": whitened, "returns": returns}
         kl = ((logprobs - ref_logprobs) * mask).sum(dim=1)
         stats = {
             "rm_score": scores.mean().item(),
@@ -137,6 +140,7 @@ class PPOTrainer:
         self.actor.train()
         self.critic.train()
         config, size = self.config, len(rollout.response_ids)
+        world = runtime.rank_and_world()[1]
         totals: dict[str, float] = {}
         updates = 0
         for _ in range(config.ppo_epochs):
@@ -150,12 +154,17 @@ class PPOTrainer:
                 policy_loss, clip_fraction = ops.clipped_policy_loss(
                     logprobs, batch["logprobs"][rows], batch["advantages"][rows], mask, config.clip_range)
                 value_loss = ops.clipped_value_loss(values, batch["values"][rows], batch["returns"][rows], mask, config.value_clip_range)
-                loss = policy_loss + config.value_coef * value_loss
-                if not torch.isfinite(loss):
-                    raise runtime.TrainingDiverged(f"PPO loss is {loss.item()}; stopped before that update")
+                # Token-weighted over the global mini-batch, as one process would weigh it, once
+                # gradients are averaged over processes (exactly 1 without torchrun).
+                tokens = mask.sum()
+                share = tokens * world / runtime.all_reduce_sum(tokens).clamp(min=1)
+                loss = (policy_loss + config.value_coef * value_loss) * share
+                if runtime.all_reduce_sum((~torch.isfinite(loss)).float()) > 0:  # every process stops together
+                    raise runtime.TrainingDiverged(f"PPO loss is {'not finite' if torch.isfinite(loss) else loss.item()}; stopped before that update")
                 self.optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], config.max_grad_norm)
+                runtime.average_gradients(self.trainable)
+                torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
                 self.optimizer.step()
                 step_stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
                               "clip_fraction": clip_fraction.item(), "approx_kl": ops.approx_kl(logprobs.detach(), batch["logprobs"][rows], mask).item()}
@@ -169,14 +178,19 @@ class PPOTrainer:
             self.kl_coef = ops.adaptive_kl_coef(self.kl_coef, observed_kl, self.config.target_kl, self.config.batch_size, self.config.kl_horizon)
 
     def state(self, step: int) -> dict:
+        """Everything a resumed run needs; the sampling RNG of every process (a collective call)."""
         return {"step": step, "kl_coef": self.kl_coef, "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+                "optimizer": self.optimizer.state_dict(), "torch_rng": runtime.gather_objects(torch.get_rng_state())}
 
     def load_state(self, state: dict) -> int:
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        rank, world = runtime.rank_and_world()
+        if len(state["torch_rng"]) == world:
+            torch.set_rng_state(state["torch_rng"][rank])
+        else:  # resumed on another number of processes: fresh, still seeded, sampling streams
+            torch.manual_seed(self.config.seed + _RANK_SEED_STRIDE * rank + state["step"])
         self.kl_coef = state["kl_coef"]
         return state["step"]
 
@@ -205,41 +219,54 @@ def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runti
     resume_from = _last_state(Path(config.out)) if config.resume else None
     if config.resume and resume_from is None:
         raise UsageError(f"{config.out}: nothing to resume (no {STATE_FILE} under {Path(config.out) / runtime.CHECKPOINTS})")
-    if not config.resume:
+    if config.resume:
+        runtime.init_distributed(runtime.resolve_device(config.device))
+    else:
         runtime.prepare_output(config)
+    rank, world = runtime.rank_and_world()
     set_seed(config.seed)
     trainer = PPOTrainer(config, score_fn)
+    if world > 1:  # the same weights everywhere, but each process samples its own responses
+        torch.manual_seed(config.seed + _RANK_SEED_STRIDE * rank)
     out = Path(config.out)
     start = 0
     if resume_from is not None:
         start = trainer.load_state(torch.load(resume_from, weights_only=False))
-        runtime.drop_metrics_after(out / runtime.METRICS_FILE, start)
-        (out / runtime.STAGE_FILE).unlink(missing_ok=True)
+        if runtime.is_main_process():
+            runtime.drop_metrics_after(out / runtime.METRICS_FILE, start)
+            (out / runtime.STAGE_FILE).unlink(missing_ok=True)
     runtime.write_config(out, "ppo", config)
     generator = torch.Generator().manual_seed(config.seed)
     started, last = time.perf_counter(), {}
-    with progress_bar() as progress:
+    with progress_bar(enabled=runtime.is_main_process()) as progress:
         task = progress.add_task("train ppo", total=steps, completed=start)
         for step in range(start, steps):
             generator.manual_seed(config.seed * 100_003 + step)
-            rollout, batch, stats = trainer.rollout(prompt_batch(prompts, step, config.batch_size, config.seed))
+            # Each process takes its own slice of the step's global batch of prompts.
+            mine = prompt_batch(prompts, step, config.batch_size * world, config.seed)[rank * config.batch_size :][: config.batch_size]
+            rollout, batch, stats = trainer.rollout(mine)
             try:
                 stats.update(trainer.update(rollout, batch, generator))
             except runtime.TrainingDiverged as err:
                 last_good = _last_state(out)
                 kept = f"last good checkpoint: {last_good.parent} (continue with --resume)" if last_good else "no checkpoint was saved yet"
                 raise runtime.TrainingDiverged(f"{err} at step {step + 1}; {kept}") from None
+            stats = runtime.mean_over_processes(stats)
             trainer.adapt_kl(stats["kl"])
             last = {"stage": "ppo", "step": step + 1, **stats}
-            runtime.append_metrics(out / runtime.METRICS_FILE, last)
+            if runtime.is_main_process():
+                runtime.append_metrics(out / runtime.METRICS_FILE, last)
             progress.update(task, completed=step + 1,
                             description=f"train ppo · score {stats['rm_score']:.3f} · kl {stats['kl']:.3f}")
             if (step + 1) % config.save_steps == 0 or step + 1 == steps:
-                _save_state(out, trainer.state(step + 1), config.save_total_limit)
+                state = trainer.state(step + 1)
+                if runtime.is_main_process():
+                    _save_state(out, state, config.save_total_limit)
     last["wall_seconds"] = round(time.perf_counter() - started, 1)
     result = runtime.save_stage(trainer.actor, trainer.tokenizer, config, "ppo", last)
     merge_lora(trainer.critic.model)
-    trainer.critic.model.save_pretrained(out / "critic")
+    if runtime.is_main_process():
+        trainer.critic.model.save_pretrained(out / "critic")
     return result
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import datasets
 import torch
+import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
@@ -40,21 +42,106 @@ class TrainingDiverged(KochatError):
     exit_code = 3
 
 
+def init_distributed(device: str) -> None:
+    """Join the process group that `torchrun` describes (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA.
+
+    Done before anything touches the output directory, so that only rank 0 writes there;
+    the Trainer (through accelerate) finds the group already initialised and uses it.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor summed over every process (itself when there is one)."""
+    if not dist.is_initialized():
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """`value` from every process, in rank order (a one-element list without torchrun)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def mean_over_processes(stats: dict[str, float]) -> dict[str, float]:
+    """Each logged number averaged over the processes (throughputs summed: they run side by side)."""
+    if not dist.is_initialized():
+        return stats
+    world = dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    totals = all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64, device=device)).tolist()
+    return {key: total if key.endswith("_per_second") else total / world for key, total in zip(stats, totals, strict=True)}
+
+
+def average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Data-parallel step by hand, for PPO's own loop: each gradient becomes the mean over processes.
+
+    DistributedDataParallel hooks only the module's forward, while PPO reads the critic
+    through `token_values` and samples through `generate`; one flattened all-reduce per
+    update does the same job without rewrapping the models.
+    """
+    if not dist.is_initialized():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        grad.copy_(chunk.view_as(grad))
+
+
+def broadcast_parameters(modules: Sequence[torch.nn.Module]) -> None:
+    """Every process starts from rank 0's weights (LoRA and new heads are initialised randomly)."""
+    if dist.is_initialized():
+        for module in modules:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+
 def prepare_output(config: TrainConfig) -> str | None:
-    """Make `config.out` ready; returns the checkpoint to resume from, if resuming."""
+    """Join torchrun's process group if any, and make `config.out` ready (rank 0 only);
+    returns the checkpoint to resume from, if resuming."""
+    init_distributed(resolve_device(config.device))
     out = Path(config.out)
     if config.resume:
         checkpoints = out / CHECKPOINTS
         last = last_complete_checkpoint(checkpoints)
         if last is None:
             raise UsageError(f"{out}: nothing to resume (no checkpoint under {checkpoints})")
-        drop_metrics_after(out / METRICS_FILE, step=int(Path(last).name.rsplit("-", 1)[-1]))
-        (out / STAGE_FILE).unlink(missing_ok=True)
+        if is_main_process():
+            drop_metrics_after(out / METRICS_FILE, step=int(Path(last).name.rsplit("-", 1)[-1]))
+            (out / STAGE_FILE).unlink(missing_ok=True)
+        barrier()
         return last
     check_writable(out, config.overwrite)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    barrier()  # every rank has checked before rank 0 clears the directory
+    if is_main_process():
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+    barrier()
     return None
 
 
@@ -99,10 +186,8 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def training_arguments(
-    config: TrainConfig, *, remove_unused_columns: bool = True, evaluate: bool = True, sampling: str = "group_by_length"
-) -> TrainingArguments:
-    """Trainer arguments from a stage config; `sampling="group_by_length"` batches similar lengths to cut padding."""
+def training_arguments(config: TrainConfig, *, remove_unused_columns: bool = True, evaluate: bool = True) -> TrainingArguments:
+    """Trainer arguments from a stage config (under torchrun, per process: batch_size is per device)."""
     device = resolve_device(config.device)
     cuda = device == "cuda"
     return TrainingArguments(
@@ -128,7 +213,7 @@ def training_arguments(
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=cuda and not torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=cuda,
-        train_sampling_strategy=sampling,
+        train_sampling_strategy=config.sampling,
         remove_unused_columns=remove_unused_columns,
         report_to="none",
         disable_tqdm=True,
@@ -141,7 +226,7 @@ class GuardedTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
-            last = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+            last = last_complete_checkpoint(Path(self.args.output_dir))
             kept = f"last good checkpoint: {last} (continue with --resume, e.g. with a lower --learning-rate)" if last else "no checkpoint was saved yet"
             raise TrainingDiverged(f"loss is {loss.item()} at step {self.state.global_step + 1}; stopped before that update; {kept}")
         return loss
@@ -153,6 +238,8 @@ def append_metrics(path: Path, line: dict[str, Any]) -> None:
 
 
 def write_config(out: Path, stage: str, config: TrainConfig) -> None:
+    if not is_main_process():
+        return
     text = json.dumps({"stage": stage, **config.to_json()}, indent=2, ensure_ascii=False) + "\n"
     (out / CONFIG_FILE).write_text(text, encoding="utf-8")
 
@@ -238,11 +325,13 @@ def _final_eval(trainer: Trainer) -> dict[str, Any]:
 
 
 def save_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TrainConfig, stage: str, metrics: dict[str, Any]) -> StageResult:
-    """Write the plain-transformers model (LoRA merged) and tokenizer, then mark the stage finished."""
+    """Write the plain-transformers model (LoRA merged) and tokenizer, then mark the stage finished (rank 0)."""
     out = Path(config.out)
     merge_lora(model)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    finite = {key: value for key, value in metrics.items() if not (isinstance(value, float) and not math.isfinite(value))}
-    (out / STAGE_FILE).write_text(json.dumps({"stage": stage, "metrics": finite}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if is_main_process():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        finite = {key: value for key, value in metrics.items() if not (isinstance(value, float) and not math.isfinite(value))}
+        (out / STAGE_FILE).write_text(json.dumps({"stage": stage, "metrics": finite}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    barrier()
     return StageResult(out, metrics)
