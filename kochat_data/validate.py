@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import itertools
 import json
@@ -90,10 +91,11 @@ def validate_file(path: Path, kind: Kind | None = None, columnar: bool = False) 
 
 def _validate_columnar(path: Path, kind: Kind) -> ValidatedFile | None:
     raw = read_bytes(path)
-    head = raw[:4096].decode("utf-8-sig", errors="ignore")
-    if not head.strip():
+    try:  # any problem with the file as a whole is the located path's to word
+        head = codecs.getincrementaldecoder("utf-8-sig")().decode(raw[:4096])  # a character cut at the end is no error
+        file_format = detect_format(path, head)
+    except (UnicodeDecodeError, UsageError):
         return None
-    file_format = detect_format(path, head)
     frame = read_clean_frame(raw, file_format, kind)
     if frame is None:
         return None

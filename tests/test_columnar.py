@@ -9,6 +9,7 @@ import pytest
 import kochat_data.validate
 from kochat_data.build import BuildConfig, build
 from kochat_data.columnar import read_clean_frame
+from kochat_data.errors import UsageError
 from kochat_data.reading import FileFormat
 from kochat_data.schema import Kind
 from tests.conftest import write_array, write_lines
@@ -100,3 +101,18 @@ def test_a_file_left_to_the_located_path_still_reports_its_problems(tmp_path):
     result = kochat_data.validate.validate_file(write_array(tmp_path / "rm.jsonl", records), Kind.RM, columnar=True)
     assert [(problem.record, problem.field) for problem in result.problems] == [(4, "ranking")]
     assert len(result.records) == 3
+
+
+def test_a_file_whose_head_cuts_a_character_still_takes_the_columnar_path(tmp_path):
+    # Hangul is 3 bytes in UTF-8: one of three shifts puts the 4096-byte head's end inside a character.
+    for shift in range(3):
+        records = [rm_record(0, prompt="a" * shift + "가" * 2000)] + [rm_record(n) for n in range(1, 60)]  # byte 4096 is in the Hangul
+        result = kochat_data.validate.validate_file(write_array(tmp_path / f"rm{shift}.jsonl", records), Kind.RM, columnar=True)
+        assert result.frame is not None and result.total == 60
+
+
+def test_whole_file_problems_keep_their_message(tmp_path):
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_text(json.dumps([rm_record(0)], ensure_ascii=False), encoding="utf-16")
+    with pytest.raises(UsageError, match="UTF-16 text"):
+        kochat_data.validate.validate_file(utf16, Kind.RM, columnar=True)
