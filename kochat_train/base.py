@@ -86,7 +86,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
 def pack_blocks(tokenizer: PreTrainedTokenizerFast, texts: list[str], block_size: int) -> np.ndarray:
     """Texts joined with EOS and cut into (N, block_size) blocks; a short corpus gives one shorter block."""
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    stream = np.fromiter((t for row in ids for t in (*row, tokenizer.eos_token_id)), dtype=np.int64)
+    eos = [tokenizer.eos_token_id]
+    stream = np.concatenate([np.asarray(row + eos, dtype=np.int64) for row in ids]) if ids else np.zeros(0, np.int64)
     if len(stream) < block_size:
         return stream[None, :]
     return stream[: len(stream) // block_size * block_size].reshape(-1, block_size)

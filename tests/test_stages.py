@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from conftest import TINY
 from kochat_data.errors import UsageError
+from kochat_train.base import pack_blocks
 from kochat_train.rm import PairCollator, RewardConfig, ScalarRewardModel, pair_metrics, tokenize_pairs, train_rm
 from kochat_train.sft import SFTConfig, train_sft
 from kochat_train.sources import load_reward_model, load_tokenizer
@@ -16,6 +17,16 @@ from kochat_train.sources import load_reward_model, load_tokenizer
 
 def parameters(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_pack_blocks_joins_texts_with_eos_and_cuts_full_blocks(tiny_base):
+    tokenizer = load_tokenizer(tiny_base)
+    texts = ["안녕", "반가워요 친구", "네"]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    stream = [token for row in ids for token in (*row, tokenizer.eos_token_id)]
+    blocks = pack_blocks(tokenizer, texts, block_size=3)
+    assert blocks.tolist() == [stream[i : i + 3] for i in range(0, len(stream) // 3 * 3, 3)]
+    assert pack_blocks(tokenizer, ["네"], block_size=64).tolist() == [[*ids[2], tokenizer.eos_token_id]]  # one short block
 
 
 def test_base_writes_a_loadable_model_and_tokenizer(tiny_base):
