@@ -6,7 +6,7 @@ import pytest
 from kochat_data.errors import UsageError
 from kochat_data.reading import FileFormat, read_records
 from kochat_data.validate import validate_file
-from tests.conftest import write_array, write_lines
+from tests.conftest import write_array
 
 
 def records_of(path):
