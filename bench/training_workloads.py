@@ -77,7 +77,7 @@ def bench_rollout(data: Path, base: Path, batches: int, batch_size: int, new_tok
     sampling = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "top_k": 50, "top_p": 1.0, "temperature": 1.0}
 
     def ours(chunk):
-        kochat_generate(model, tokenizer, [p for p in chunk], max_length=96, sampling=sampling)
+        kochat_generate(model, tokenizer, chunk, max_length=96, sampling=sampling)
 
     def seed(chunk):
         seed_training.sample(model, tokenizer, chunk, new_tokens, top_k=50)

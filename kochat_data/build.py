@@ -93,10 +93,10 @@ def build(config: BuildConfig) -> dict:
     with atomic_directory(config.out, config.overwrite) as staging, progress_bar() as progress:
         task = progress.add_task("writing datasets", total=len(rows))
         for kind, kind_rows in rows.items():
-            kept, duplicates = kind_rows.kept, sum(kind_rows.duplicates.values())
+            kept, dropped = kind_rows.kept, sum(kind_rows.duplicates.values())  # read before the split releases the frame
             tables, kind_counts = _split_tables(kind, kind_rows, eval_ids, config.seed)
             _save(kind, tables, staging / kind.value, config, manifest["inputs"])
-            manifest[kind.value] = _kind_summary(kind, files, kept, duplicates, kind_counts, tables)
+            manifest[kind.value] = _kind_summary(kind, files, kept, dropped, kind_counts, tables)
             progress.advance(task)
         _totals(manifest)
         _write_rejects(staging / "rejects.jsonl", files)

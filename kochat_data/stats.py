@@ -50,9 +50,7 @@ def _load_tokenizer(name: str):
 def _file_report(path: Path, tokenize) -> tuple[dict, pl.DataFrame]:
     validated = validate_file(path)
     kind = validated.kind
-    frame = pl.DataFrame(
-        [{key: value for key, value in record.items() if key not in ("extra", "index", "line")} for record in validated.records]
-    ) if validated.records else pl.DataFrame({"prompt": []}, schema={"prompt": pl.String})
+    frame = validated.rows().drop("extra") if validated.records else pl.DataFrame({"prompt": []}, schema={"prompt": pl.String})
     frame = frame.with_columns(prompt_id=pl.col("prompt").map_elements(prompt_id, return_dtype=pl.String))
     value_columns = [c for c in frame.columns if c != "prompt_id"]
     report = {
