@@ -7,6 +7,7 @@ and, for a record that is not even JSON, why it could not be parsed.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 import re
@@ -19,6 +20,11 @@ from kochat_data.errors import UsageError
 
 CONVERSATION_MARK = "<<start conversation>>"
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
+# Where the next record of a broken JSON array may start: a ',' then its '{'. Pretty-printed
+# arrays (the KoChatGPT files) have a line break there, and a raw line break cannot sit inside
+# a JSON string, so that boundary is never found inside a text.
+_NEXT_RECORD_ON_NEW_LINE = re.compile(r",[ \t\r]*\n[ \t\r\n]*\{")
+_NEXT_RECORD = re.compile(r",[ \t\r\n]*\{")
 _CONVERSATION_TURN = re.compile(r"^<(사람|챗봇)>:[ \t]?(.*)$")
 _HUMAN, _BOT = "사람", "챗봇"
 
@@ -119,19 +125,20 @@ def read_records(path: Path) -> tuple[FileFormat, str, Iterator[SourceRecord]]:
     text, sha256 = read_text(path)
     file_format = detect_format(path, text)
     parse = {
-        FileFormat.JSON_ARRAY: _iter_json_array,
+        FileFormat.JSON_ARRAY: functools.partial(_iter_json_array, path=path),
         FileFormat.JSON_LINES: _iter_json_lines,
         FileFormat.CONVERSATION: _iter_conversation,
     }[file_format]
     return file_format, sha256, parse(text)
 
 
-def _iter_json_array(text: str) -> Iterator[SourceRecord]:
+def _iter_json_array(text: str, path: Path) -> Iterator[SourceRecord]:
     # json.loads would parse faster but loses where each record starts; raw_decode walks the
     # array one element at a time so every record (and every syntax error) has its line.
     decode = json.JSONDecoder().raw_decode
+    boundary = _NEXT_RECORD_ON_NEW_LINE if "\n" in text.strip() else _NEXT_RECORD
     position = _WHITESPACE.match(text, text.index("[") + 1).end()
-    line = 1 + text.count("\n", 0, position)
+    line_of = _LineCounter(text)
     index = 0
     if text.startswith("]", position):
         yield from _check_end(text, position + 1, index)
@@ -141,20 +148,73 @@ def _iter_json_array(text: str) -> Iterator[SourceRecord]:
         try:
             value, end = decode(text, position)
         except json.JSONDecodeError as err:
-            yield SourceRecord(index, err.lineno, error=f"invalid JSON: {err.msg} (column {err.colno})")
-            return
-        yield SourceRecord(index, line, value)
+            problem = f"invalid JSON: {err.msg} (line {err.lineno} column {err.colno})"
+            position, index = yield from _skip_broken(text, path, position, index, problem, boundary, decode, line_of)
+            if position is None:
+                return
+            continue
+        yield SourceRecord(index, line_of(position), value)
         after = _WHITESPACE.match(text, end).end()
         if text.startswith("]", after):
             yield from _check_end(text, after + 1, index)
             return
         if not text.startswith(",", after):
-            bad_line = 1 + text.count("\n", 0, after)
-            yield SourceRecord(index + 1, bad_line, error=f"invalid JSON: expected ',' or ']' after record {index}")
-            return
-        next_start = _WHITESPACE.match(text, after + 1).end()
-        line += text.count("\n", position, next_start)
-        position = next_start
+            problem = f"invalid JSON: expected ',' or ']' after record {index}"
+            position, index = yield from _skip_broken(text, path, after, index + 1, problem, boundary, decode, line_of)
+            if position is None:
+                return
+            continue
+        position = _WHITESPACE.match(text, after + 1).end()
+
+
+def _skip_broken(text: str, path: Path, start: int, index: int, problem: str, boundary: re.Pattern, decode, line_of):
+    """Reject the broken span from `start` up to the next record that parses; returns where
+    reading goes on and the index of the last record rejected, or (None, index) at the end.
+
+    Each later record start inside the span that does not parse either is a rejected record of
+    its own, so the count never drops below the file's. With no record to go on from and no
+    closing ']' either, what follows cannot be located: the file is refused from that line.
+    """
+    pieces = [(start, problem)]  # (where a rejected record starts, why)
+    ends = []  # where each of them ends: the ',' before the next record
+    resume = None
+    for match in boundary.finditer(text, start + 1):
+        candidate = match.end() - 1
+        ends.append(match.start())
+        try:
+            value, _ = decode(text, candidate)
+        except json.JSONDecodeError as err:
+            pieces.append((candidate, f"invalid JSON: {err.msg} (line {err.lineno} column {err.colno})"))
+            continue
+        if isinstance(value, dict):  # what follows it is the main loop's to check
+            resume = candidate
+            break
+        pieces.append((candidate, f"expected a JSON object, got {type(value).__name__}"))
+    if resume is None:
+        closing = text.rstrip().rfind("]")
+        if closing < start or text[closing + 1 :].strip():
+            raise UsageError(f"{path}:{line_of(start)}: {problem}; no record could be located after it "
+                             f"(is the file cut short?), so nothing from line {line_of(start)} on was read")
+        ends.append(closing - 1)
+    for number, ((first, reason), last) in enumerate(zip(pieces, ends, strict=False)):
+        first_line, last_line = line_of(first), line_of(max(first, last))
+        yield SourceRecord(index + number, first_line, error=f"{reason}; record skipped (lines {first_line}–{last_line})")
+    return resume, index + len(pieces) - 1
+
+
+class _LineCounter:
+    """Line numbers of increasing positions, counting each stretch of text once (a whole-file
+    count per record would make reading quadratic)."""
+
+    def __init__(self, text: str):
+        self.text, self.position, self.line = text, 0, 1
+
+    def __call__(self, position: int) -> int:
+        if position < self.position:
+            return 1 + self.text.count("\n", 0, position)
+        self.line += self.text.count("\n", self.position, position)
+        self.position = position
+        return self.line
 
 
 def _check_end(text: str, position: int, index: int) -> Iterator[SourceRecord]:

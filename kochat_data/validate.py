@@ -116,11 +116,12 @@ def _detect_file_kind(path: Path, records):
     kinds = Counter(kind for source in head if (kind := detect_kind(source.data)) is not None)
     if not kinds:
         fields = sorted({key for source in head if isinstance(source.data, dict) for key in source.data})
-        found = f"fields {', '.join(fields[:8])}" if fields else "no JSON objects"
+        broken = [Problem(str(path), source.line, source.index, None, source.error) for source in head if source.error]
+        found = f"fields {', '.join(fields[:8])}" if fields else "no readable record" if broken else "no JSON objects"
         raise InvalidDataError(
-            [Problem(str(path), None, None, None,
-                     f"cannot tell the kind: expected prompt + completion (SFT), prompt + completion_0… + "
-                     f"ranking (RM) or prompt (PPO), got {found}; pass --kind to say")]
+            broken + [Problem(str(path), None, None, None,
+                              f"cannot tell the kind: expected prompt + completion (SFT), prompt + completion_0… + "
+                              f"ranking (RM) or prompt (PPO), got {found}; pass --kind to say")]
         )
     return kinds.most_common(1)[0][0], itertools.chain(head, records)
 

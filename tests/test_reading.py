@@ -3,8 +3,9 @@ import re
 
 import pytest
 
-from kochat_data.errors import UsageError
+from kochat_data.errors import InvalidDataError, UsageError
 from kochat_data.reading import FileFormat, read_records
+from kochat_data.schema import Kind
 from kochat_data.validate import validate_file
 from tests.conftest import write_array
 
@@ -92,3 +93,56 @@ def test_unreadable_files_are_usage_errors(tmp_path, content, message):
 def test_missing_file_is_usage_error(tmp_path):
     with pytest.raises(UsageError, match="no such file"):
         validate_file(tmp_path / "nope.jsonl")
+
+
+FOUR_RECORDS_RAW_TAB = (
+    '[\n  {"prompt": "하나", "completion": "일"},\n  {"prompt": "둘\tx", "completion": "이"},\n'
+    '  {"prompt": "셋", "completion": "삼"},\n  {"prompt": "넷", "completion": "사"}\n]\n'
+)
+
+
+def test_a_broken_record_in_an_array_is_skipped_and_reading_goes_on(tmp_path, run_cli):
+    path = tmp_path / "sft.json"
+    path.write_text(FOUR_RECORDS_RAW_TAB, encoding="utf-8")
+    validated = validate_file(path)
+    assert validated.total == 4 and [r["prompt"] for r in validated.records] == ["하나", "셋", "넷"]
+    assert [(p.line, p.record) for p in validated.problems] == [(3, 2)]
+    assert "Invalid control character" in str(validated.problems[0]) and "lines 3–3" in str(validated.problems[0])
+
+    code, _, _ = run_cli("data", "build", "--sft", path, "--out", tmp_path / "out", "--on-invalid", "skip")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert code == 0 and (manifest["sft"]["records"], manifest["sft"]["kept"], manifest["sft"]["rejected"]) == (4, 3, 1)
+
+
+@pytest.mark.parametrize("newlines", [True, False])
+def test_each_broken_record_counts_once_also_on_one_line(tmp_path, newlines):
+    records = ['{"prompt": "a", "completion": "b"}', '{"prompt": "c", "completion": }', '{"prompt": "d\te", "completion": "f"}',
+               '{"prompt": "g", "completion": "h"} {"prompt": "i", "completion": "j"}', '{"prompt": "k", "completion": "l"}']
+    path = tmp_path / "sft.json"
+    path.write_text("[" + (",\n" if newlines else ",").join(records) + "]", encoding="utf-8")
+    validated = validate_file(path)
+    assert validated.total == 6
+    assert [r["prompt"] for r in validated.records] == ["a", "g", "k"]
+    assert [p.record for p in validated.problems] == [2, 3, 5]
+    assert "expected ',' or ']' after record 4" in str(validated.problems[2])
+
+
+def test_a_broken_first_record_reports_its_syntax_error_not_the_kind(tmp_path):
+    path = tmp_path / "sft.json"
+    path.write_text('[\n  {"prompt": "a", "completion": },\n  {"prompt": "b", "completion": "c"}\n]', encoding="utf-8")
+    validated = validate_file(path)
+    assert validated.kind.value == "sft" and validated.total == 2
+    assert str(validated.problems[0]).startswith(f"{path}:2: record 1: invalid JSON: Expecting value")
+
+    path.write_text('[\n  {"prompt": "a", "completion": }\n]', encoding="utf-8")
+    with pytest.raises(InvalidDataError) as raised:
+        validate_file(path)
+    assert raised.value.lines()[0].startswith(f"{path}:2: record 1: invalid JSON: Expecting value")
+    assert "got no readable record" in raised.value.lines()[1]
+
+
+def test_an_array_cut_short_names_the_line_from_which_nothing_was_read(tmp_path):
+    path = tmp_path / "sft.json"
+    path.write_text('[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": "c", "compl', encoding="utf-8")
+    with pytest.raises(UsageError, match=r"sft.json:3: invalid JSON: Unterminated string .* nothing from line 3 on was read"):
+        validate_file(path, Kind.SFT)
