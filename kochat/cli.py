@@ -63,7 +63,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     transformers.logging.disable_progress_bar()
     config = load_pipeline_config(args.config, out=args.out, data_dir=args.data_dir, sft=args.sft, rm=args.rm, ppo=args.ppo,
                                   model=args.model, preset=args.preset, seed=args.seed, force=args.force)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     started = time.perf_counter()
     report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {line}"))
     Console(width=max(Console().width, 170)).print(rich_table(report))

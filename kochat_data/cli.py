@@ -17,7 +17,7 @@ from kochat_data.schema import Kind
 from kochat_data.stats import collect_stats, render_stats
 from kochat_data.validate import validate_file
 
-console = Console()
+console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
 
 
 def register(data: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from kochat_eval.report import csv_text, markdown, plot_curves, rich_table
 from kochat_eval.rm_eval import evaluate_rm
 from kochat_eval.stages import StageEvalConfig, compare_stages, write_generations
 
-console = Console()
+console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
 
 
 def register(evaluate: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from kochat_train.rm import RewardConfig, train_rm
 from kochat_train.runtime import is_main_process
 from kochat_train.sft import SFTConfig, train_sft
 
-console = Console()
+console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
 
 STAGES = {
     "base": (BaseConfig, train_base, "tokenizer + small GPT-2 pretrained on the built corpus (offline)"),

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,15 @@ def test_build_and_stats_on_the_embedded_sample(tmp_path, run_cli):
     assert report["prompt_overlap"]["rm & sft"] == 25
     code, stdout, _ = run_cli("data", "stats", out)
     assert code == 0 and "train/eval prompt overlap: 0" in stdout
+
+
+def test_message_lines_are_never_wrapped_off_a_terminal(tmp_path):
+    deep = tmp_path / ("a-rather-long-directory-name-" * 3) / "sft.json"
+    deep.parent.mkdir()
+    write_array(deep, [{"prompt": "안녕", "completion": "네"}, {"prompt": "", "completion": "네"}])
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    result = subprocess.run([sys.executable, "-m", "kochat", "data", "validate", str(deep)], capture_output=True, text=True,
+                            cwd=REPO, env=env)
+    assert result.returncode == 1
+    [summary] = result.stdout.splitlines()
+    assert summary == f"invalid {deep}: 2 sft records (json-array), 1 invalid" and len(summary) > 80
