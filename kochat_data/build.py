@@ -178,7 +178,10 @@ def _save(kind: Kind, tables: dict[str, pa.Table], out: Path, config: BuildConfi
     for split in SPLITS:
         fingerprint = hashlib.sha256(f"{identity}:{split}".encode()).hexdigest()[:16]
         splits[split] = datasets.Dataset(tables[split], info=datasets.DatasetInfo(features=FEATURES[kind]), fingerprint=fingerprint)
-    datasets.DatasetDict(splits).save_to_disk(str(out))
+    # datasets writes an empty split as zero shards, which load_from_disk cannot read back;
+    # one explicit (empty) shard loads as a split of 0 rows.
+    empty = {split: 1 for split, table in tables.items() if table.num_rows == 0}
+    datasets.DatasetDict(splits).save_to_disk(str(out), num_shards=empty or None)
 
 
 def _manifest_header(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +10,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformers import EvalPrediction
 
+from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind
 from kochat_train.rm import PAIR_COLUMNS, PairCollator, ScalarRewardModel, pair_metrics, tokenize_pairs
-from kochat_train.runtime import load_stage_data, resolve_device
-from kochat_train.sources import load_reward_model, load_tokenizer
+from kochat_train.runtime import CONFIG_FILE, load_stage_data, require_rows, resolve_device
+from kochat_train.sources import capped_length, inference_dtype, load_reward_model, load_tokenizer
+
+DEFAULT_MAX_LENGTH = 256  # for a reward model that does not say what it was trained with
 
 
 def margin_auc(margins: np.ndarray) -> float:
@@ -24,13 +28,29 @@ def margin_auc(margins: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.r_[margins, -margins]))
 
 
+def training_max_length(model_dir: Path) -> int | None:
+    """The max_length a kochat reward model was trained with (its kochat_config.json), if it says."""
+    try:
+        return int(json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @torch.no_grad()
-def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_length: int = 256, device: str = "auto") -> dict:
-    """Accuracy (tie = wrong), mean margin, ROC-AUC and accuracy per rank pair on the eval split."""
-    pairs = load_stage_data(data_dir, Kind.RM, PAIR_COLUMNS, "kochat eval rm")["eval"]
+def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_length: int | None = None, device: str = "auto") -> dict:
+    """Accuracy (tie = wrong), mean margin, ROC-AUC and accuracy per rank pair on the eval split.
+
+    Texts are cut to `max_length` tokens: by default the length the model was trained with,
+    never more than its positions.
+    """
+    if batch_size < 1 or (max_length is not None and max_length < 1):
+        raise UsageError(f"--batch-size and --max-length: expected integers ≥ 1, got {batch_size} and {max_length}")
+    data = load_stage_data(data_dir, Kind.RM, PAIR_COLUMNS, "kochat eval rm")
+    pairs = require_rows(data, "eval", data_dir, Kind.RM, "no held-out pairs to evaluate on")
     tokenizer = load_tokenizer(model_dir)
     device = resolve_device(device)
-    reward_model = ScalarRewardModel(load_reward_model(model_dir, tokenizer)).to(device).eval()
+    reward_model = ScalarRewardModel(load_reward_model(model_dir, tokenizer, dtype=inference_dtype(device))).to(device).eval()
+    max_length = capped_length(max_length or training_max_length(model_dir) or DEFAULT_MAX_LENGTH, reward_model.model)
     features = tokenize_pairs(pairs, tokenizer, max_length)
     collate = PairCollator(tokenizer)
     rewards, ranks = [], []
@@ -46,4 +66,4 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
     metrics = pair_metrics(EvalPrediction(predictions=rewards_array, label_ids=ranks_array))
     metrics["roc_auc"] = margin_auc(rewards_array[:, 0] - rewards_array[:, 1])
     metrics["pairs"] = int(len(rewards_array))
-    return {"model": str(model_dir), "data": str(data_dir), **metrics}
+    return {"model": str(model_dir), "data": str(data_dir), "max_length": max_length, **metrics}

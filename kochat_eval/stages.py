@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,9 @@ from kochat_data.schema import Kind
 from kochat_data.text import hangul_ratio
 from kochat_eval.metrics import bootstrap_ci, repetition_metrics, split_units
 from kochat_train.rm import ScalarRewardModel
-from kochat_train.rollout import generate, response_logits, token_logprobs
+from kochat_train.rollout import decoding_config, generate, response_logits, token_logprobs
 from kochat_train.runtime import load_stage_data, resolve_device
-from kochat_train.sources import load_causal_lm, load_reward_model, load_tokenizer
+from kochat_train.sources import inference_dtype, load_causal_lm, load_reward_model, load_tokenizer, require_same_tokenizer
 
 
 @dataclass
@@ -41,6 +42,18 @@ class StageEvalConfig:
     seed: int = 0
     unit: str = "eojeol"
     device: str = "auto"
+
+    def problems(self) -> list[str]:
+        """Every out-of-range setting, named by its flag."""
+        temperature, top_p = self.decoding.get("temperature", 1.0), self.decoding.get("top_p", 1.0)
+        found = [] if math.isfinite(temperature) and temperature > 0 else [f"--temperature: expected a finite number > 0, got {temperature}"]
+        if not 0 < top_p <= 1:
+            found.append(f"--top-p: expected a number in (0, 1], got {top_p}")
+        for flag, value, least in (("--top-k", self.decoding.get("top_k", 0), 0), ("--max-new-tokens", self.decoding.get("max_new_tokens", 1), 1),
+                                   ("--batch-size", self.batch_size, 1), ("--max-prompts", self.max_prompts, 0)):
+            if value < least:
+                found.append(f"{flag}: expected an integer ≥ {least}, got {value}")
+        return found
 
 
 def win_rate(scores: list[float], reference: list[float]) -> float:
@@ -63,29 +76,37 @@ def eval_prompts(data: Path, limit: int) -> list[str]:
 @torch.no_grad()
 def compare_stages(config: StageEvalConfig) -> tuple[dict, list[dict]]:
     """Returns (report, generations): per-stage metrics and every response with its scores."""
+    problems = config.problems()
+    if problems:
+        raise UsageError("; ".join(problems))
     if config.reference not in config.stages:
         raise UsageError(f"reference stage {config.reference!r} is not among --stage {', '.join(config.stages)}")
     device = resolve_device(config.device)
+    dtype = inference_dtype(device)
     prompts = eval_prompts(config.data, config.max_prompts)
     rm_tokenizer = load_tokenizer(config.reward_model)
-    reward_model = ScalarRewardModel(load_reward_model(config.reward_model, rm_tokenizer)).to(device).eval()
-    reference = load_causal_lm(config.stages[config.reference], load_tokenizer(config.stages[config.reference])).to(device).eval()
+    reward_model = ScalarRewardModel(load_reward_model(config.reward_model, rm_tokenizer, dtype=dtype)).to(device).eval()
+    tokenizers = {name: load_tokenizer(directory) for name, directory in config.stages.items()}
+    for name, tokenizer in tokenizers.items():  # every input checked before the first generation
+        require_same_tokenizer(rm_tokenizer, tokenizer, config.reward_model, f"{config.stages[name]} (stage {name!r})")
+    reference = load_causal_lm(config.stages[config.reference], tokenizers[config.reference], dtype=dtype).to(device).eval()
+    temperature = config.decoding.get("temperature", 1.0)
     rows: dict[str, list[dict]] = {}
     with progress_bar() as progress:
         for name, directory in config.stages.items():
-            tokenizer = load_tokenizer(directory)
-            if tokenizer.get_vocab() != rm_tokenizer.get_vocab():
-                raise UsageError(f"{directory}: stage {name!r} uses another tokenizer than the reward model {config.reward_model}")
-            policy = load_causal_lm(directory, tokenizer).to(device).eval()
+            tokenizer = tokenizers[name]
+            policy = load_causal_lm(directory, tokenizer, dtype=dtype).to(device).eval()
+            decoding = decoding_config(tokenizer, **config.decoding)
             set_seed(config.seed)  # the same sampling noise for every stage
             task = progress.add_task(f"eval {name}", total=len(prompts))
             rows[name] = []
             for start in range(0, len(prompts), config.batch_size):
                 batch = prompts[start : start + config.batch_size]
-                rollout = generate(policy, tokenizer, batch, config.max_length, config.decoding)
+                rollout = generate(policy, tokenizer, batch, config.max_length, decoding)
                 mask = rollout.response_mask.float()
-                logprobs = token_logprobs(response_logits(policy, rollout), rollout.response_ids)
-                ref_logprobs = token_logprobs(response_logits(reference, rollout), rollout.response_ids)
+                # KL between the distributions the responses were sampled from (tempered alike).
+                logprobs = token_logprobs(response_logits(policy, rollout, temperature), rollout.response_ids)
+                ref_logprobs = token_logprobs(response_logits(reference, rollout, temperature), rollout.response_ids)
                 scores = reward_model(rollout.input_ids, rollout.attention_mask)
                 kls = ((logprobs - ref_logprobs) * mask).sum(dim=1)
                 ended = rollout.ended_with_eos(tokenizer.eos_token_id)

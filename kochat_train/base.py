@@ -16,7 +16,9 @@ from kochat_data.errors import UsageError
 from kochat_data.schema import Kind
 from kochat_train.config import TrainConfig, option
 from kochat_train.objectives import unigram_perplexity
-from kochat_train.runtime import GuardedTrainer, StageResult, fit, load_stage_data, prepare_output, save_stage, training_arguments
+from kochat_train.runtime import (
+    GuardedTrainer, StageResult, fit, load_stage_data, prepare_output, require_build_directory, save_stage, training_arguments,
+)
 from kochat_train.template import render_prompt
 
 # pad is its own token so padding never looks like an end of text.
@@ -99,6 +101,7 @@ def _block_dataset(blocks: np.ndarray) -> datasets.Dataset:
 
 def train_base(config: BaseConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
     config = config.resolved()
+    require_build_directory(config.data)
     data = {kind: load_stage_data(config.data, kind, list(TEXT_COLUMNS[kind]), "kochat train base")
             for kind in Kind if (Path(config.data) / kind.value).is_dir()}
     if not data:
@@ -120,7 +123,7 @@ def train_base(config: BaseConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     ))
     trainer = GuardedTrainer(
         model=model,
-        args=training_arguments(config, evaluate=eval_blocks is not None),
+        args=training_arguments(config, len(train_blocks), evaluate=eval_blocks is not None),
         train_dataset=_block_dataset(train_blocks),
         eval_dataset=_block_dataset(eval_blocks) if eval_blocks is not None else None,
         data_collator=default_data_collator,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -44,10 +45,12 @@ class TrainConfig:
     seed: int = option(42, "seed for initialisation, data order and dropout")
     epochs: float = option(1.0, "passes over the train split")
     max_steps: int = option(-1, "stop after this many optimizer steps (-1: run all epochs)")
+    min_steps: int = option(0, "train at least this many optimizer steps, repeating a small dataset for more epochs")
     batch_size: int = option(16, "examples per device per optimizer step (before accumulation)")
     grad_accum: int = option(1, "gradient accumulation steps")
     learning_rate: float = option(5e-5, "peak learning rate (linear decay after warmup)")
-    warmup_steps: int = option(0, "linear warmup steps")
+    warmup_ratio: float = option(0.0, "share of the optimizer steps spent warming the learning rate up linearly "
+                                 "(a share, so a short run is not left in warmup)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
     max_length: int = option(256, "tokens per sequence; longer examples are truncated")
@@ -66,7 +69,8 @@ class TrainConfig:
 
     def problems(self) -> list[str]:
         """Everything wrong with the values, all at once."""
-        found = []
+        found = [f"'{item.name}' must be a finite number, got {getattr(self, item.name)}" for item in dataclasses.fields(self)
+                 if isinstance(getattr(self, item.name), float) and not math.isfinite(getattr(self, item.name))]
         if self.data is None:
             found.append("'data' is required (a `kochat data build` directory)")
         if self.out is None:
@@ -78,6 +82,10 @@ class TrainConfig:
             found.append("'epochs' must be > 0 (or set 'max_steps')")
         if not self.learning_rate > 0:
             found.append(f"'learning_rate' must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            found.append(f"'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0 or not self.max_grad_norm > 0:
+            found.append(f"'weight_decay' must be ≥ 0 and 'max_grad_norm' > 0, got {self.weight_decay} and {self.max_grad_norm}")
         if self.lora_rank < 0:
             found.append(f"'lora_rank' must be ≥ 0, got {self.lora_rank}")
         if not 0 <= self.lora_dropout < 1:

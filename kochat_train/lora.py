@@ -23,9 +23,11 @@ def apply_lora(model: nn.Module, rank: int, alpha: int, dropout: float, trainabl
                 in_features, out_features, fan_in_fan_out = child.in_features, child.out_features, False
             else:
                 continue
+            # merge_weights=False: loralib would otherwise fold ΔW into the weight on every eval()
+            # and take it out on every train(), i.e. twice per PPO step; merge_lora folds it once.
             layer = loralib.Linear(
                 in_features, out_features, r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                fan_in_fan_out=fan_in_fan_out, bias=child.bias is not None,
+                fan_in_fan_out=fan_in_fan_out, merge_weights=False, bias=child.bias is not None,
             )
             # loralib stores a fan_in_fan_out weight as a transposed view; a contiguous copy keeps
             # checkpoints writable by safetensors.

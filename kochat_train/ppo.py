@@ -18,15 +18,16 @@ import torch
 from transformers import set_seed
 
 from kochat_data.errors import UsageError
-from kochat_data.progress import progress_bar
+from kochat_data.atomic import check_writable
+from kochat_data.progress import progress_bar, stderr_console
 from kochat_data.schema import Kind
 from kochat_train import objectives as ops
 from kochat_train import runtime
 from kochat_train.config import TrainConfig, option
 from kochat_train.lora import merge_lora
 from kochat_train.rm import ScalarRewardModel
-from kochat_train.rollout import Rollout, entropy, generate, response_logits, token_logprobs
-from kochat_train.sources import load_causal_lm, load_reward_model, load_tokenizer
+from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, token_logprobs
+from kochat_train.sources import inference_dtype, load_causal_lm, load_reward_model, load_tokenizer, require_same_tokenizer
 
 # A custom reward (tests, experiments): response ids and mask (B, R) → one score per row (B,).
 ScoreFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,20 +43,24 @@ class PPOConfig(TrainConfig):
     batch_size: int = option(16, "prompts per rollout (one PPO step)")
     mini_batch_size: int = option(8, "rollouts per gradient update")
     ppo_epochs: int = option(4, "passes over each rollout batch")
-    learning_rate: float = option(1e-5, "AdamW learning rate of actor and critic")
+    learning_rate: float = option(1e-5, "AdamW learning rate of the actor")
+    critic_learning_rate: float | None = option(None, "AdamW learning rate of the critic (default: 2 × learning_rate: its value "
+                                                "head starts from reward scores, not returns, and must catch up faster than the policy moves)")
     max_new_tokens: int = option(48, "response length limit")
-    temperature: float = option(1.0, "sampling temperature")
-    top_k: int = option(0, "sample from the k most likely tokens (0: all)")
-    top_p: float = option(1.0, "nucleus sampling mass")
+    temperature: float = option(1.0, "sampling temperature; the log-probs PPO optimises are those of the tempered distribution")
+    top_k: int = option(0, "sample from the k most likely tokens (0: all); anything but 0 makes the updates off-policy")
+    top_p: float = option(1.0, "nucleus sampling mass; below 1 makes the updates off-policy")
     kl_coef: float = option(0.1, "β of the per-token KL penalty against the reference (initial value if adaptive)")
     target_kl: float = option(0.0, "adapt β toward this KL per response (0: β stays fixed)")
-    kl_horizon: int = option(10000, "rollouts over which the adaptive β moves by at most ±20%")
+    kl_horizon: int = option(400, "rollouts over which the adaptive β moves by at most ±20% (400: ±0.8%% a step of 16 "
+                             "rollouts, up to ×2.2 or ÷2.2 over the pipeline's 100 steps)")
     gamma: float = option(1.0, "discount of GAE")
     lam: float = option(0.95, "λ of GAE")
     clip_range: float = option(0.2, "ε of the clipped policy ratio")
     value_clip_range: float = option(0.2, "ε of the clipped value change")
     value_coef: float = option(0.1, "weight of the value loss")
-    missing_eos_penalty: float = option(0.0, "subtracted from the score of responses cut at max_new_tokens")
+    missing_eos_penalty: float = option(1.0, "subtracted from the score of responses cut at max_new_tokens, so that "
+                                        "running on past the answer never pays (0: off)")
 
     def problems(self) -> list[str]:
         found = super().problems()
@@ -69,7 +74,15 @@ class PPOConfig(TrainConfig):
             found.append("'temperature' must be > 0 and 'top_p' in (0, 1]")
         if self.kl_coef < 0 or self.target_kl < 0:
             found.append("'kl_coef' and 'target_kl' must be ≥ 0")
+        if self.critic_learning_rate is not None and not self.critic_learning_rate > 0:
+            found.append(f"'critic_learning_rate' must be > 0, got {self.critic_learning_rate}")
+        if self.top_k < 0:
+            found.append(f"'top_k' must be ≥ 0, got {self.top_k}")
         return found
+
+    def truncates_sampling(self) -> bool:
+        """Top-k/top-p sample from a distribution other than the one whose log-probs PPO optimises."""
+        return self.top_k > 0 or self.top_p < 1
 
 
 class PPOTrainer:
@@ -77,15 +90,14 @@ class PPOTrainer:
 
     def __init__(self, config: PPOConfig, score_fn: ScoreFunction | None = None):
         self.config = config
-        self.device = torch.device(runtime.resolve_device(config.device))
+        device = runtime.resolve_device(config.device)
+        self.device = torch.device(device)
         self.tokenizer = load_tokenizer(config.sft)
         self.actor = load_causal_lm(config.sft, self.tokenizer)
-        self.reference = load_causal_lm(config.sft, self.tokenizer).requires_grad_(False)
-        rm_tokenizer = load_tokenizer(config.rm)
-        if rm_tokenizer.get_vocab() != self.tokenizer.get_vocab():
-            raise UsageError(f"{config.rm}: the reward model's tokenizer differs from the SFT model's ({config.sft})")
+        self.reference = load_causal_lm(config.sft, self.tokenizer, dtype=inference_dtype(device)).requires_grad_(False)
+        require_same_tokenizer(self.tokenizer, load_tokenizer(config.rm), config.sft, config.rm)
         self.critic = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer))
-        self.reward_model = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer)).requires_grad_(False)
+        self.reward_model = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer, dtype=inference_dtype(device))).requires_grad_(False)
         runtime.maybe_apply_lora(self.actor, config)
         runtime.maybe_apply_lora(self.critic.model, config, heads=("score",))
         for model in (self.actor, self.reference, self.critic, self.reward_model):
@@ -94,23 +106,33 @@ class PPOTrainer:
         self.reference.eval()
         self.reward_model.eval()
         runtime.broadcast_parameters([self.actor, self.critic])
-        self.trainable = [p for model in (self.actor, self.critic) for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        groups = [[p for p in model.parameters() if p.requires_grad] for model in (self.actor, self.critic)]
+        self.trainable = [p for group in groups for p in group]
+        critic_lr = config.critic_learning_rate or 2 * config.learning_rate
+        self.optimizer = torch.optim.AdamW([{"params": groups[0], "lr": config.learning_rate}, {"params": groups[1], "lr": critic_lr}],
+                                           weight_decay=config.weight_decay)
         self.score_fn = score_fn
         self.kl_coef = config.kl_coef
-        self.sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                         "top_k": config.top_k, "top_p": config.top_p}
+        self.decoding = decoding_config(self.tokenizer, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                        top_k=config.top_k, top_p=config.top_p)
+        # Frozen models may be bf16 on CUDA; the trained ones stay fp32 under bf16 autocast there.
+        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda")
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
         self.actor.eval()
+        with self.autocast:
+            return self._rollout(prompts)
+
+    def _rollout(self, prompts: list[str]) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
         started = time.perf_counter()
-        rollout = generate(self.actor, self.tokenizer, prompts, self.config.max_length, self.sampling)
+        rollout = generate(self.actor, self.tokenizer, prompts, self.config.max_length, self.decoding)
         generate_seconds = time.perf_counter() - started
         mask = rollout.response_mask.float()
-        logits = response_logits(self.actor, rollout)
+        temperature = self.config.temperature
+        logits = response_logits(self.actor, rollout, temperature)
         logprobs = token_logprobs(logits, rollout.response_ids)
-        ref_logprobs = token_logprobs(response_logits(self.reference, rollout), rollout.response_ids)
+        ref_logprobs = token_logprobs(response_logits(self.reference, rollout, temperature), rollout.response_ids)
         width = rollout.response_ids.shape[1]
         values = self.critic.token_values(rollout.input_ids, rollout.attention_mask)[:, -width - 1 : -1]
         if self.score_fn is not None:
@@ -148,9 +170,9 @@ class PPOTrainer:
                 part = Rollout(rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.response_ids[rows], rollout.response_mask[rows])
                 mask = part.response_mask.float()
                 width = part.response_ids.shape[1]
-                logits = response_logits(self.actor, part)
-                logprobs = token_logprobs(logits, part.response_ids)
-                values = self.critic.token_values(part.input_ids, part.attention_mask)[:, -width - 1 : -1]
+                with self.autocast:
+                    logprobs = token_logprobs(response_logits(self.actor, part, config.temperature), part.response_ids)
+                    values = self.critic.token_values(part.input_ids, part.attention_mask)[:, -width - 1 : -1]
                 policy_loss, clip_fraction = ops.clipped_policy_loss(
                     logprobs, batch["logprobs"][rows], batch["advantages"][rows], mask, config.clip_range)
                 value_loss = ops.clipped_value_loss(values, batch["values"][rows], batch["returns"][rows], mask, config.value_clip_range)
@@ -173,14 +195,17 @@ class PPOTrainer:
                 updates += 1
         return {key: value / updates for key, value in totals.items()}
 
-    def adapt_kl(self, observed_kl: float) -> None:
+    def adapt_kl(self, observed_kl: float, rollouts: int) -> None:
+        """Move β after a step of `rollouts` responses (the global batch: every process's together)."""
         if self.config.target_kl > 0:
-            self.kl_coef = ops.adaptive_kl_coef(self.kl_coef, observed_kl, self.config.target_kl, self.config.batch_size, self.config.kl_horizon)
+            self.kl_coef = ops.adaptive_kl_coef(self.kl_coef, observed_kl, self.config.target_kl, rollouts, self.config.kl_horizon)
 
     def state(self, step: int) -> dict:
         """Everything a resumed run needs; the sampling RNG of every process (a collective call)."""
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return {"step": step, "kl_coef": self.kl_coef, "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "torch_rng": runtime.gather_objects(torch.get_rng_state())}
+                "optimizer": self.optimizer.state_dict(), "torch_rng": runtime.gather_objects(torch.get_rng_state()),
+                "cuda_rng": runtime.gather_objects(cuda_rng)}
 
     def load_state(self, state: dict) -> int:
         self.actor.load_state_dict(state["actor"])
@@ -189,8 +214,11 @@ class PPOTrainer:
         rank, world = runtime.rank_and_world()
         if len(state["torch_rng"]) == world:
             torch.set_rng_state(state["torch_rng"][rank])
+            cuda_rng = state.get("cuda_rng", [None] * world)[rank]
+            if cuda_rng is not None and self.device.type == "cuda":  # a GPU run must not replay its start's sampling noise
+                torch.cuda.set_rng_state(cuda_rng, self.device)
         else:  # resumed on another number of processes: fresh, still seeded, sampling streams
-            torch.manual_seed(self.config.seed + _RANK_SEED_STRIDE * rank + state["step"])
+            torch.manual_seed(self.config.seed + _RANK_SEED_STRIDE * rank + state["step"])  # seeds CUDA too
         self.kl_coef = state["kl_coef"]
         return state["step"]
 
@@ -212,26 +240,38 @@ def _epoch_order(size: int, seed: int) -> list[int]:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
+def ppo_steps(prompts: int, epochs: float, global_batch: int) -> int:
+    """Steps that make `epochs` passes over the prompts when each step takes `global_batch` of them."""
+    return math.ceil(prompts * epochs / global_batch)
+
+
 def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runtime.StageResult:
     data = runtime.load_stage_data(config.data, Kind.PPO, ["prompt"], "kochat train ppo")
     prompts = list(data["train"]["prompt"])
-    steps = config.max_steps if config.max_steps > 0 else math.ceil(len(prompts) * config.epochs / config.batch_size)
+    if not prompts:
+        raise UsageError(f"{config.data}: the ppo train split is empty; nothing to train on")
     resume_from = _last_state(Path(config.out)) if config.resume else None
     if config.resume and resume_from is None:
         raise UsageError(f"{config.out}: nothing to resume (no {STATE_FILE} under {Path(config.out) / runtime.CHECKPOINTS})")
-    if config.resume:
-        runtime.init_distributed(runtime.resolve_device(config.device))
-    else:
-        runtime.prepare_output(config)
+    if not config.resume:
+        check_writable(Path(config.out), config.overwrite)
+    runtime.init_distributed(runtime.resolve_device(config.device))
     rank, world = runtime.rank_and_world()
+    steps = config.max_steps if config.max_steps > 0 else ppo_steps(len(prompts), config.epochs, config.batch_size * world)
     set_seed(config.seed)
-    trainer = PPOTrainer(config, score_fn)
+    trainer = PPOTrainer(config, score_fn)  # every model is loaded (or refused) before --out is touched
+    if not config.resume:
+        runtime.prepare_output(config)
+    if config.truncates_sampling() and runtime.is_main_process():
+        stderr_console.print(f"warning: top_k={config.top_k}, top_p={config.top_p}: rollouts come from a truncated distribution "
+                             "while PPO optimises the full (tempered) one, so its updates are off-policy", markup=False)
     if world > 1:  # the same weights everywhere, but each process samples its own responses
         torch.manual_seed(config.seed + _RANK_SEED_STRIDE * rank)
     out = Path(config.out)
     start = 0
     if resume_from is not None:
-        start = trainer.load_state(torch.load(resume_from, weights_only=False))
+        # RNG states must stay CPU tensors; load_state_dict moves the weights to the models' device.
+        start = trainer.load_state(torch.load(resume_from, map_location="cpu", weights_only=False))
         if runtime.is_main_process():
             runtime.drop_metrics_after(out / runtime.METRICS_FILE, start)
             (out / runtime.STAGE_FILE).unlink(missing_ok=True)
@@ -252,7 +292,7 @@ def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runti
                 kept = f"last good checkpoint: {last_good.parent} (continue with --resume)" if last_good else "no checkpoint was saved yet"
                 raise runtime.TrainingDiverged(f"{err} at step {step + 1}; {kept}") from None
             stats = runtime.mean_over_processes(stats)
-            trainer.adapt_kl(stats["kl"])
+            trainer.adapt_kl(stats["kl"], rollouts=config.batch_size * world)
             last = {"stage": "ppo", "step": step + 1, **stats}
             if runtime.is_main_process():
                 runtime.append_metrics(out / runtime.METRICS_FILE, last)

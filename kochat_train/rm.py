@@ -16,7 +16,7 @@ from kochat_train.config import TrainConfig, option
 from kochat_train.objectives import last_token_index, pairwise_accuracy, pairwise_loss, positions_from_mask
 from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
-from kochat_train.sources import load_reward_model, load_tokenizer
+from kochat_train.sources import capped_length, init_reward_model, load_tokenizer
 from kochat_train.template import encode_examples
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "chosen_rank", "rejected_rank"]
@@ -113,16 +113,18 @@ def pair_metrics(prediction: EvalPrediction) -> dict[str, float]:
 
 def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
     data = runtime.load_stage_data(config.data, Kind.RM, PAIR_COLUMNS, "kochat train rm")
-    resume_from = runtime.prepare_output(config)
-    set_seed(config.seed)
+    train_pairs = runtime.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on (records with all ranks tied give none)")
+    set_seed(config.seed)  # before the new score head is initialised
     tokenizer = load_tokenizer(config.model)
-    backbone = load_reward_model(config.model, tokenizer)
+    backbone = init_reward_model(config.model, tokenizer)
+    resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
     runtime.maybe_apply_lora(backbone, config, heads=("score",))
-    eval_dataset = tokenize_pairs(data["eval"], tokenizer, config.max_length) if len(data["eval"]) else None
+    max_length = capped_length(config.max_length, backbone)
+    eval_dataset = tokenize_pairs(data["eval"], tokenizer, max_length) if len(data["eval"]) else None
     trainer = RewardTrainer(
         model=ScalarRewardModel(backbone),
-        args=runtime.training_arguments(config, remove_unused_columns=False, evaluate=eval_dataset is not None),
-        train_dataset=tokenize_pairs(data["train"], tokenizer, config.max_length),
+        args=runtime.training_arguments(config, len(train_pairs), remove_unused_columns=False, evaluate=eval_dataset is not None),
+        train_dataset=tokenize_pairs(train_pairs, tokenizer, max_length),
         eval_dataset=eval_dataset,
         data_collator=PairCollator(tokenizer),
         processing_class=tokenizer,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from kochat_data.errors import UsageError
 from kochat_train.objectives import positions_from_mask
+from kochat_train.sources import model_positions
 from kochat_train.template import render_prompt
 
 
@@ -41,6 +42,24 @@ def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor
     return (eos_before == 0).long()
 
 
+# Every setting that changes what generate() produces, at the value that changes nothing, so
+# that no field is left None for generate() to fill from a hub model's generation_config.json
+# (a repetition_penalty or no_repeat_ngram_size there would change what PPO samples).
+NEUTRAL_DECODING = {
+    "do_sample": True, "num_beams": 1, "num_beam_groups": 1, "diversity_penalty": 0.0, "temperature": 1.0, "top_k": 0,
+    "top_p": 1.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "length_penalty": 1.0,
+    "min_length": 0, "num_return_sequences": 1, "early_stopping": False, "renormalize_logits": False,
+    "remove_invalid_values": False, "use_cache": True,
+}
+
+
+def decoding_config(tokenizer: PreTrainedTokenizerBase, **settings) -> GenerationConfig:
+    """A complete GenerationConfig: full-distribution sampling with the KV cache, changed only by `settings`."""
+    return GenerationConfig(**{**NEUTRAL_DECODING, **settings, "pad_token_id": tokenizer.pad_token_id,
+                               "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id})
+
+
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """Templated prompts, left-padded so every row's last prompt token sits at the same column."""
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
@@ -53,34 +72,32 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_l
 
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int,
-             sampling: dict) -> Rollout:
-    """Sample one response per prompt; `sampling` holds generate() settings (max_new_tokens, top_k, top_p, temperature).
+             decoding: GenerationConfig) -> Rollout:
+    """One response per prompt under `decoding` (see `decoding_config`).
 
     Prompts keep their last `max_length` tokens, fewer when the model's positions would not
     fit the prompt and `max_new_tokens`.
     """
     device = next(model.parameters()).device
-    positions = getattr(model.config, "max_position_embeddings", None)
+    positions = model_positions(model)
     if positions is not None:  # prompt + response must fit the model's positions
-        max_length = min(max_length, positions - sampling.get("max_new_tokens", 0))
+        max_length = min(max_length, positions - decoding.max_new_tokens)
         if max_length < 1:
-            raise UsageError(f"max_new_tokens {sampling['max_new_tokens']} leaves no room for a prompt in {positions} positions")
+            raise UsageError(f"max_new_tokens {decoding.max_new_tokens} leaves no room for a prompt in the model's {positions} positions")
     encoded = encode_prompts(tokenizer, prompts, max_length).to(device)
-    output = model.generate(
-        **encoded, do_sample=True, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, **sampling,
-    )
+    output = model.generate(**encoded, generation_config=decoding)
     response_ids = output[:, encoded["input_ids"].shape[1]:]
     mask = response_mask(response_ids, tokenizer.eos_token_id)
     return Rollout(encoded["input_ids"], encoded["attention_mask"], response_ids * mask + tokenizer.pad_token_id * (1 - mask), mask)
 
 
-def response_logits(model: PreTrainedModel, rollout: Rollout) -> torch.Tensor:
-    """Logits that predicted each response token (positions P−1 … P+R−2). (B, R, V)"""
+def response_logits(model: PreTrainedModel, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:
+    """Logits that predicted each response token (positions P−1 … P+R−2), divided by the sampling
+    temperature so that their log-softmax is the distribution the tokens were drawn from. (B, R, V)"""
     mask = rollout.attention_mask
     logits = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
     width = rollout.response_ids.shape[1]
-    return logits[:, -width - 1 : -1].float()
+    return logits[:, -width - 1 : -1].float() / temperature
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

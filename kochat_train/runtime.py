@@ -163,14 +163,36 @@ def drop_metrics_after(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
+def require_build_directory(data: Path) -> None:
+    if Path(data).is_file():
+        raise UsageError(f"{data}: is a file; expected a directory written by `kochat data build` (make one with "
+                         f"`kochat data build --sft/--rm/--ppo {data} --out DIR`)")
+    if not Path(data).is_dir():
+        raise UsageError(f"{data}: no such directory; expected one written by `kochat data build`")
+
+
 def load_stage_data(data: Path, kind: Kind, columns: list[str], where: str) -> datasets.DatasetDict:
     """The train/eval DatasetDict of one kind from a build directory, with the columns a stage reads."""
+    require_build_directory(data)
     path = Path(data) / kind.value
     if not path.is_dir():
         raise UsageError(f"{path}: no {kind.value} dataset here; build one with `kochat data build --{kind.value} FILE --out {data}`")
-    dataset = datasets.load_from_disk(str(path))
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, IndexError) as err:  # IndexError: an empty split written by an older kochat
+        raise UsageError(f"{path}: not a dataset written by `kochat data build` ({str(err).strip().splitlines()[0]})") from None
+    if not isinstance(dataset, datasets.DatasetDict) or set(dataset) != {"train", "eval"}:
+        raise UsageError(f"{path}: expected the train and eval splits of `kochat data build`, found {', '.join(dataset) if isinstance(dataset, datasets.DatasetDict) else 'one dataset'}")
     require_columns(dataset, kind, columns, where)
     return dataset
+
+
+def require_rows(dataset: datasets.DatasetDict, split: str, data: Path, kind: Kind, what: str) -> datasets.Dataset:
+    """A split that must not be empty for the command at hand."""
+    if len(dataset[split]) == 0:
+        raise UsageError(f"{Path(data) / kind.value}: the {split} split is empty; {what}"
+                         + (" (build with --eval-ratio > 0)" if split == "eval" else ""))
+    return dataset[split]
 
 
 def resolve_device(requested: str) -> str:
@@ -186,7 +208,16 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def training_arguments(config: TrainConfig, *, remove_unused_columns: bool = True, evaluate: bool = True) -> TrainingArguments:
+def planned_steps(rows: int, config: TrainConfig, world: int) -> int:
+    """Optimizer steps to run: max_steps if set, else -1 (the epochs decide) unless the epochs
+    give fewer than min_steps updates, then min_steps."""
+    if config.max_steps > 0:
+        return config.max_steps
+    per_epoch = math.ceil(rows / (config.batch_size * world)) // config.grad_accum
+    return config.min_steps if per_epoch * config.epochs < config.min_steps else -1
+
+
+def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_columns: bool = True, evaluate: bool = True) -> TrainingArguments:
     """Trainer arguments from a stage config (under torchrun, per process: batch_size is per device)."""
     device = resolve_device(config.device)
     cuda = device == "cuda"
@@ -196,9 +227,9 @@ def training_arguments(config: TrainConfig, *, remove_unused_columns: bool = Tru
         per_device_eval_batch_size=config.eval_batch_size,
         gradient_accumulation_steps=config.grad_accum,
         num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
+        max_steps=planned_steps(train_rows, config, rank_and_world()[1]),
         learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a share of the steps in transformers 5
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         lr_scheduler_type="linear",

@@ -12,7 +12,7 @@ from kochat_data.schema import Kind
 from kochat_train.config import TrainConfig, option
 from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
-from kochat_train.sources import load_causal_lm, load_tokenizer
+from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
 from kochat_train.template import encode_examples
 
 IGNORE_INDEX = -100  # the label value cross-entropy skips in transformers
@@ -45,16 +45,18 @@ def tokenize_sft(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, 
 
 def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
     data = runtime.load_stage_data(config.data, Kind.SFT, ["prompt", "completion"], "kochat train sft")
-    resume_from = runtime.prepare_output(config)
+    train_rows = runtime.require_rows(data, "train", config.data, Kind.SFT, "nothing to train on")
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_causal_lm(config.model, tokenizer)
+    resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
     runtime.maybe_apply_lora(model, config)
-    eval_dataset = tokenize_sft(data["eval"], tokenizer, config.max_length) if len(data["eval"]) else None
+    max_length = capped_length(config.max_length, model)
+    eval_dataset = tokenize_sft(data["eval"], tokenizer, max_length) if len(data["eval"]) else None
     trainer = GuardedTrainer(
         model=model,
-        args=runtime.training_arguments(config, evaluate=eval_dataset is not None),
-        train_dataset=tokenize_sft(data["train"], tokenizer, config.max_length),
+        args=runtime.training_arguments(config, len(train_rows), evaluate=eval_dataset is not None),
+        train_dataset=tokenize_sft(train_rows, tokenizer, max_length),
         eval_dataset=eval_dataset,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
         processing_class=tokenizer,

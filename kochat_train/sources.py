@@ -1,13 +1,24 @@
-"""Where models come from: a hub name or a local directory, with KoGPT-2's special tokens put right."""
+"""Where models come from: a hub name or a local directory, checked before loading, with KoGPT-2's special tokens put right.
+
+Every loader refuses what is not what its caller asked for, in one line: a path that does not
+exist, a directory that holds no model, a weight file that is cut or corrupt, a causal LM where a
+reward model is expected, a hub name that cannot be had without a network.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
+import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -19,6 +30,7 @@ from kochat_data.errors import UsageError
 # four roles. We do the same whenever a tokenizer's eos is foreign to its vocabulary but
 # `</s>` is in it.
 KOGPT2_SPECIAL_TOKENS = {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>", "pad_token": "</s>"}
+REWARD_HEAD = "score"
 
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
@@ -44,32 +56,113 @@ def _eos_is_foreign(tokenizer: PreTrainedTokenizerBase) -> bool:
     return "</s>" in vocab and (tokenizer.eos_token is None or tokenizer.eos_token not in vocab)
 
 
-def load_causal_lm(source: str | Path, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    return _align(_from_pretrained(AutoModelForCausalLM, source), tokenizer)
+def require_same_tokenizer(tokenizer: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase, source: str | Path, other_source: str | Path) -> None:
+    """Models that read each other's token ids must share one vocabulary."""
+    if tokenizer.get_vocab() != other.get_vocab():
+        raise UsageError(f"{other_source}: its tokenizer differs from that of {source}; "
+                         "both models must come from the same base model (the same vocabulary)")
 
 
-def load_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A scalar-head model: from a reward model directory, or a causal LM with a new head."""
-    model = _align(_from_pretrained(AutoModelForSequenceClassification, source, num_labels=1), tokenizer)
-    if not hasattr(model, "score"):
-        raise UsageError(f"{source}: {type(model).__name__} has no `score` head; kochat's reward model needs one")
+def inference_dtype(device: str) -> torch.dtype:
+    """Frozen models (reference, reward, judge) may run in bf16 on CUDA; trained ones stay fp32."""
+    return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def load_causal_lm(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A causal LM in `dtype` (fp32 by default: a checkpoint saved in fp16 must not train in pure half precision)."""
+    return _align(_from_pretrained(AutoModelForCausalLM, source, dtype=dtype), tokenizer)
+
+
+def load_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A trained reward model; a directory whose score head would be initialised at random is refused."""
+    model, info = _from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=dtype, output_loading_info=True)
+    head = getattr(model, REWARD_HEAD, None)
+    missing = {key for key in info["missing_keys"] if key.split(".")[0] == REWARD_HEAD}
+    if head is None or missing or getattr(head, "out_features", 1) != 1:
+        architectures = ", ".join(getattr(model.config, "architectures", None) or [type(model).__name__])
+        raise UsageError(f"{source}: not a reward model (a {architectures} checkpoint without a trained one-output "
+                         f"'{REWARD_HEAD}' head); pass a directory written by `kochat train rm`")
+    return _align(model, tokenizer)
+
+
+def init_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A reward model to train: from a reward model directory, or a causal LM with a new head (fp32)."""
+    model = _align(_from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=torch.float32), tokenizer)
+    if not hasattr(model, REWARD_HEAD):
+        raise UsageError(f"{source}: {type(model).__name__} has no `{REWARD_HEAD}` head; kochat's reward model needs one")
     return model
+
+
+def model_positions(model: PreTrainedModel) -> int | None:
+    """How many positions the model has (GPT-2's n_positions), None when unbounded."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def capped_length(max_length: int, model: PreTrainedModel) -> int:
+    """`max_length`, but never more tokens than the model has positions (past them GPT-2 indexes
+    outside its position table: an IndexError on CPU, a device assert on CUDA)."""
+    positions = model_positions(model)
+    return min(max_length, positions) if positions else max_length
 
 
 def _align(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    for role in ("bos", "eos", "pad"):
-        token_id = getattr(tokenizer, f"{role}_token_id")
-        setattr(model.config, f"{role}_token_id", token_id)
-        if getattr(model, "generation_config", None) is not None:
-            setattr(model.generation_config, f"{role}_token_id", token_id)
+    token_ids = {f"{role}_token_id": getattr(tokenizer, f"{role}_token_id") for role in ("bos", "eos", "pad")}
+    for name, token_id in token_ids.items():
+        setattr(model.config, name, token_id)
+    if getattr(model, "generation_config", None) is not None:
+        # A hub model's generation_config.json (repetition_penalty, no_repeat_ngram_size, …)
+        # must not steer kochat's sampling: only the token ids are kept.
+        model.generation_config = GenerationConfig(**token_ids)
     return model
 
 
 def _from_pretrained(factory, source: str | Path, **kwargs):
+    where, local_only = locate(source)
     try:
-        return factory.from_pretrained(str(source), **kwargs)
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return factory.from_pretrained(where, local_files_only=local_only, **kwargs)
+    except Exception as err:  # noqa: BLE001 — whatever from_pretrained raises here is about the files it was given
+        text = str(err).strip()
+        first_line = text.splitlines()[0] if text else type(err).__name__
+        if local_only and not Path(where).is_dir():
+            first_line = f"not in the local cache and the hub cannot be reached ({first_line})"
         raise UsageError(f"{source}: cannot load ({first_line})") from None
+
+
+def locate(source: str | Path) -> tuple[str, bool]:
+    """`source` as `from_pretrained` should get it, and whether only the local cache may be used.
+
+    A name that looks like a path must be a model directory; only a bare `name` or `org/name`
+    is a hub name. huggingface_hub retries a dead connection for about a minute, so without a
+    network (or with HF_HUB_OFFLINE set) a hub name is looked up in the local cache alone.
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+            raise UsageError(f"{source}: not a model directory (no config.json); expected one written by `kochat train` "
+                             "or `save_pretrained`")
+        return str(path), False
+    if path.exists():
+        raise UsageError(f"{source}: is a file; expected a model directory or a hub name")
+    first = text.split("/", 1)[0]
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/") or (first != text and Path(first).is_dir()):
+        raise UsageError(f"{source}: no such directory")
+    return text, _hub_offline() or not _hub_reachable()
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError:
+        return False
+    return True

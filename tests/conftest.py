@@ -75,3 +75,37 @@ def tiny_rm(tiny_base, sample_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rm") / "model"
     train_rm(RewardConfig(data=sample_data, out=out, model=str(tiny_base), max_steps=2, **TINY))
     return out
+
+
+def make_kogpt2_shaped(out: Path, positions: int = 256, dtype: str = "float16", generation: dict | None = None) -> Path:
+    """A randomly initialised stand-in for skt/kogpt2-base-v2 with its quirks: the hub's bare
+    tokenizer.json whose GPT-2 class defaults name an eos the vocabulary lacks (so kochat uses
+    `</s>` for bos/eos/unk/pad, pad = eos), weights and config in float16, more positions than
+    the data needs, and optionally a generation_config.json of its own."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    texts = [line for path in SAMPLE.glob("*.jsonl") for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = ["<s>", "</s>", "<usr>", "<pad>", "<sys>", "<unk>", "<mask>"]
+    tokenizer.train_from_iterator(
+        texts + ["### Instruction(명령어):", "### Response(응답):"] * 20,
+        trainers.BpeTrainer(vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+    )
+    out.mkdir(parents=True)
+    tokenizer.save(str(out / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=positions, n_embd=32, n_layer=1, n_head=2,
+                                       bos_token_id=0, eos_token_id=1))
+    if generation:
+        model.generation_config = GenerationConfig(**generation)
+    model.to(getattr(torch, dtype)).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def kogpt2_shaped(tmp_path_factory) -> Path:
+    return make_kogpt2_shaped(tmp_path_factory.mktemp("kogpt2") / "model")

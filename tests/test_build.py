@@ -131,3 +131,10 @@ def test_config_problems_are_reported_together(tmp_path):
     with pytest.raises(UsageError) as failure:
         build(BuildConfig(out=tmp_path / "x", eval_ratio=1.5, on_invalid="maybe", seed=-1))
     assert len(failure.value.lines()[0].splitlines()) == 4
+
+
+def test_an_empty_split_loads_with_plain_datasets(tmp_path, inputs):
+    build(BuildConfig(out=tmp_path / "out", eval_ratio=0.0, **inputs))
+    for kind in ("sft", "rm", "ppo"):
+        splits = load(tmp_path / "out", kind)
+        assert len(splits["eval"]) == 0 and len(splits["train"]) > 0 and splits["eval"].column_names == splits["train"].column_names

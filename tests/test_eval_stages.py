@@ -78,3 +78,9 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path, run_cli):
     assert (tmp_path / "run" / "sft" / "model.safetensors").stat().st_mtime_ns == stamp
     code, _, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run", "--seed", "7")
     assert code == 2 and "pass --force or another --out" in err
+
+
+def test_eval_rm_reads_texts_at_the_length_the_model_was_trained_with(tiny_rm, sample_data):
+    assert json.loads((tiny_rm / "kochat_config.json").read_text())["max_length"] == 64
+    assert evaluate_rm(tiny_rm, sample_data, batch_size=8)["max_length"] == 64
+    assert evaluate_rm(tiny_rm, sample_data, batch_size=8, max_length=4096)["max_length"] == 64  # the base model's 64 positions

@@ -1,13 +1,14 @@
 """PPO stage tier: rollouts, a learning test with a reward defined here, outputs and resume."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
-from kochat_train.ppo import PPOConfig, prompt_batch, train_ppo
-from kochat_train.rollout import Rollout, generate, response_logits, token_logprobs
+from kochat_train.ppo import PPOConfig, PPOTrainer, ppo_steps, prompt_batch, train_ppo
+from kochat_train.rollout import Rollout, decoding_config, generate, response_logits, token_logprobs
 from kochat_train.runtime import TrainingDiverged
 from kochat_train.sources import load_causal_lm, load_tokenizer
 
@@ -18,7 +19,7 @@ def test_left_padding_gives_the_same_log_probs_as_each_prompt_alone(tiny_base):
     tokenizer = load_tokenizer(tiny_base)
     model = load_causal_lm(tiny_base, tokenizer).eval()
     set_seed(0)
-    batch = generate(model, tokenizer, PROMPTS, max_length=64, sampling={"max_new_tokens": 10})
+    batch = generate(model, tokenizer, PROMPTS, max_length=64, decoding=decoding_config(tokenizer, max_new_tokens=10))
     assert (batch.prompt_mask == 0).any(dim=1).tolist() == [True, False, True]  # left padding happened
     with torch.no_grad():
         batched = token_logprobs(response_logits(model, batch), batch.response_ids)
@@ -43,7 +44,10 @@ def test_ppo_raises_a_reward_defined_here(tiny_base, tiny_rm, sample_data, tmp_p
     def share_of_target(response_ids, response_mask):
         return ((response_ids == target) & (response_mask == 1)).sum(dim=1) / response_mask.sum(dim=1)
 
-    result = train_ppo(ppo_config(sample_data, tiny_base, tiny_rm, tmp_path / "ppo", max_steps=30), score_fn=share_of_target)
+    # The reward (at most 1) is all this test measures: no missing-EOS penalty, which a policy at
+    # this learning rate dodges by stopping at once.
+    result = train_ppo(ppo_config(sample_data, tiny_base, tiny_rm, tmp_path / "ppo", max_steps=30, missing_eos_penalty=0.0),
+                       score_fn=share_of_target)
     lines = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
     first, last = [line["rm_score"] for line in lines[:3]], [line["rm_score"] for line in lines[-5:]]
     assert max(first) < 0.05 and sum(last) / len(last) > 0.3, (first, last)
@@ -99,3 +103,23 @@ def test_prompt_batches_cover_every_prompt_once_per_epoch():
     second_epoch = [p for step in range(5, 10) for p in prompt_batch(prompts, step, batch_size=2, seed=7)]
     assert sorted(second_epoch) == sorted(prompts) and second_epoch != first_epoch
     assert prompt_batch(prompts, 3, 2, seed=7) == prompt_batch(prompts, 3, 2, seed=7)
+
+
+def test_torchrun_steps_and_the_adaptive_kl_use_the_global_batch(tiny_base, tiny_rm, sample_data, tmp_path):
+    assert ppo_steps(prompts=54, epochs=1.0, global_batch=16) == 4  # one process, batch 16
+    assert ppo_steps(prompts=54, epochs=1.0, global_batch=2 * 16) == 2  # two processes of 16: one epoch is half the steps
+    trainer = SimpleNamespace(config=SimpleNamespace(target_kl=1.0, kl_horizon=100), kl_coef=0.1)
+    PPOTrainer.adapt_kl(trainer, observed_kl=2.0, rollouts=2 * 16)
+    assert trainer.kl_coef == pytest.approx(0.1 * (1 + 0.2 * 32 / 100))
+
+
+def test_checkpoints_keep_every_rng_and_load_onto_the_cpu(tiny_base, tiny_rm, sample_data, tmp_path):
+    train_ppo(ppo_config(sample_data, tiny_base, tiny_rm, tmp_path / "ppo", max_steps=1, batch_size=4, mini_batch_size=2))
+    state = torch.load(tmp_path / "ppo" / "checkpoints" / "checkpoint-1" / "ppo_state.pt", map_location="cpu", weights_only=False)
+    assert len(state["torch_rng"]) == len(state["cuda_rng"]) == 1  # one entry per process (None without CUDA)
+
+
+def test_truncated_sampling_in_ppo_is_flagged(run_cli, tiny_base, tiny_rm, sample_data, tmp_path):
+    code, _, err = run_cli("train", "ppo", "--data", sample_data, "--sft", tiny_base, "--rm", tiny_rm, "--out", tmp_path / "ppo",
+                           "--max-steps", "1", "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4", "--top-k", "5")
+    assert code == 0 and "warning: top_k=5, top_p=1.0" in err and "off-policy" in err

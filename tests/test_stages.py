@@ -12,7 +12,7 @@ from kochat_data.errors import UsageError
 from kochat_train.base import pack_blocks
 from kochat_train.rm import PairCollator, RewardConfig, ScalarRewardModel, pair_metrics, tokenize_pairs, train_rm
 from kochat_train.sft import SFTConfig, train_sft
-from kochat_train.sources import load_reward_model, load_tokenizer
+from kochat_train.sources import init_reward_model, load_reward_model, load_tokenizer
 
 
 def parameters(model) -> dict[str, torch.Tensor]:
@@ -62,7 +62,7 @@ def test_same_seed_same_weights(tiny_base, sample_data, tmp_path):
 
 def test_reward_ignores_padding(tiny_base):
     tokenizer = load_tokenizer(tiny_base)
-    reward_model = ScalarRewardModel(load_reward_model(tiny_base, tokenizer)).eval()
+    reward_model = ScalarRewardModel(init_reward_model(tiny_base, tokenizer)).eval()
     short, long = tokenizer(["좋아요", "정말 길고 긴 문장이 여기에 있습니다"])["input_ids"]
     alone = reward_model(torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
     for side in ("right", "left"):

@@ -10,9 +10,10 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPT2
 
 from conftest import TINY
 from kochat_train.rm import ScalarRewardModel
-from kochat_train.runtime import TrainingDiverged
+from kochat_train.lora import apply_lora
+from kochat_train.runtime import TrainingDiverged, planned_steps, training_arguments
 from kochat_train.sft import SFTConfig, tokenize_sft, train_sft
-from kochat_train.sources import load_reward_model, load_tokenizer
+from kochat_train.sources import init_reward_model, load_tokenizer
 
 
 class Interrupt(Exception):
@@ -134,7 +135,7 @@ def test_kogpt2_special_tokens_as_the_seed_sets_them(kogpt2_like, sample_data, t
     assert row["input_ids"][-1] == row["labels"][-1] == 1 and row["attention_mask"][-1] == 1
 
     # pad = eos must not move the reward off the real EOS
-    reward_model = ScalarRewardModel(load_reward_model(kogpt2_like, tokenizer)).eval()
+    reward_model = ScalarRewardModel(init_reward_model(kogpt2_like, tokenizer)).eval()
     ids = torch.tensor([row["input_ids"]])
     padded = torch.tensor([row["input_ids"] + [1, 1, 1]])
     mask = torch.tensor([[1] * len(row["input_ids"]) + [0, 0, 0]])
@@ -142,3 +143,30 @@ def test_kogpt2_special_tokens_as_the_seed_sets_them(kogpt2_like, sample_data, t
 
     result = train_sft(SFTConfig(data=sample_data, out=tmp_path / "sft", model=str(kogpt2_like), max_steps=1, **TINY))
     assert load_tokenizer(result.out).eos_token == "</s>"
+
+
+def test_lora_layers_do_not_merge_on_every_train_eval_switch(tiny_base):
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    apply_lora(model, rank=2, alpha=4, dropout=0.0)
+    layer = model.transformer.h[0].attn.c_attn
+    torch.nn.init.normal_(layer.lora_B)  # a trained-looking ΔW (loralib starts B at zero)
+    before = layer.weight.detach().clone()
+    probe = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(layer.weight, before)  # PPO switches modes every step: no fold in, fold out
+        first = model(probe).logits
+        model.train()
+        assert torch.equal(layer.weight, before)
+        model.eval()
+        torch.testing.assert_close(model(probe).logits, first, rtol=0, atol=0)
+
+
+def test_warmup_is_a_share_of_the_run_and_min_steps_repeats_small_data():
+    config = SFTConfig(data="d", out="o", model="m", batch_size=16, epochs=2, min_steps=40, warmup_ratio=0.1)
+    assert planned_steps(rows=54, config=config, world=1) == 40  # 4 steps an epoch × 2 epochs < 40
+    assert planned_steps(rows=10_000, config=config, world=1) == -1  # the epochs give 1250 steps
+    assert planned_steps(rows=10_000, config=SFTConfig(data="d", out="o", model="m", max_steps=7), world=1) == 7
+    assert planned_steps(rows=54, config=SFTConfig(data="d", out="o", model="m", batch_size=16, min_steps=3), world=2) == 3
+    arguments = training_arguments(config, 54)
+    assert (arguments.max_steps, arguments.warmup_steps) == (40, 0.1)
