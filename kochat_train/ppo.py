@@ -70,8 +70,10 @@ class PPOConfig(TrainConfig):
         for name in ("ppo_epochs", "max_new_tokens", "kl_horizon"):
             if getattr(self, name) < 1:
                 found.append(f"'{name}' must be ≥ 1, got {getattr(self, name)}")
-        if not (self.temperature > 0 and 0 < self.top_p <= 1):
-            found.append("'temperature' must be > 0 and 'top_p' in (0, 1]")
+        if not self.temperature > 0:
+            found.append(f"'temperature' must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            found.append(f"'top_p' must be in (0, 1], got {self.top_p}")
         if self.kl_coef < 0 or self.target_kl < 0:
             found.append("'kl_coef' and 'target_kl' must be ≥ 0")
         if self.critic_learning_rate is not None and not self.critic_learning_rate > 0:

@@ -175,6 +175,8 @@ def load_stage_data(data: Path, kind: Kind, columns: list[str], where: str) -> d
     """The train/eval DatasetDict of one kind from a build directory, with the columns a stage reads."""
     require_build_directory(data)
     path = Path(data) / kind.value
+    if not path.is_dir() and (Path(data) / "dataset_dict.json").is_file():
+        raise UsageError(f"{data}: is one dataset of a build; pass the build directory above it ({Path(data).parent})")
     if not path.is_dir():
         raise UsageError(f"{path}: no {kind.value} dataset here; build one with `kochat data build --{kind.value} FILE --out {data}`")
     try:

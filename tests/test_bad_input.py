@@ -33,11 +33,12 @@ def sft_command(sample_data, tiny_base, tmp_path):
     return command
 
 
-def test_a_raw_file_or_an_empty_directory_where_a_build_is_expected(run_cli, sft_command, tmp_path):
+def test_a_raw_file_or_an_empty_directory_where_a_build_is_expected(run_cli, sft_command, sample_data, tmp_path):
     (tmp_path / "empty").mkdir()
     refused(run_cli(*sft_command(data=SAMPLE / "kochatgpt_1_SFT.jsonl")), "is a file", "kochat data build")
     refused(run_cli(*sft_command(data=tmp_path / "empty")), "no sft dataset here")
     refused(run_cli(*sft_command(data=tmp_path / "missing")), "no such directory")
+    refused(run_cli(*sft_command(data=sample_data / "sft")), "is one dataset of a build", str(sample_data))
     assert not (tmp_path / "out").exists()
 
 
