@@ -9,12 +9,15 @@ from pathlib import Path
 
 from kochat_data.errors import KochatError, UsageError
 
-# The packages' command modules import torch and transformers (seconds); only the one a
-# command line names is imported, so `kochat data …` starts without them.
-PACKAGES = {
-    "data": ("kochat_data.cli", "validate, build, pair and describe datasets"),
-    "train": ("kochat_train.cli", "train the base, SFT, reward model and PPO stages"),
-    "eval": ("kochat_eval.cli", "reward model accuracy and the stage comparison"),
+# Command modules import torch and transformers (seconds); only the one a command line names
+# is imported, so `kochat data …` starts without them. (module, its register function, help)
+COMMANDS = {
+    "data": ("kochat_data.cli", "register", "validate, build, pair and describe datasets"),
+    "train": ("kochat_train.cli", "register", "train the base, SFT, reward model and PPO stages"),
+    "eval": ("kochat_eval.cli", "register", "reward model accuracy, the stage and the decoding comparisons"),
+    "generate": ("kochat.talk", "register_generate", "responses of a trained model to prompts"),
+    "chat": ("kochat.talk", "register_chat", "chat with a trained model in the terminal"),
+    "score": ("kochat.talk", "register_score", "the reward model's score of responses"),
 }
 
 
@@ -22,13 +25,13 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     """The parser with the commands of `package` (every package's help line either way)."""
     parser = argparse.ArgumentParser(
         prog="kochat",
-        description="Reproducible Korean RLHF: validated data, SFT → reward model → PPO, honest metrics.",
+        description="Reproducible Korean RLHF: validated data, SFT → reward model → PPO, honest metrics, and a way to talk to the models.",
     )
-    packages = parser.add_subparsers(dest="package", required=True, metavar="{data,train,eval,pipeline}")
-    for name, (module, help_text) in PACKAGES.items():
-        package_parser = packages.add_parser(name, help=help_text)
+    packages = parser.add_subparsers(dest="package", required=True, metavar="{" + ",".join([*COMMANDS, "pipeline"]) + "}")
+    for name, (module, register, help_text) in COMMANDS.items():
+        command_parser = packages.add_parser(name, help=help_text)
         if name == package:
-            importlib.import_module(module).register(package_parser)
+            getattr(importlib.import_module(module), register)(command_parser)
     pipeline = packages.add_parser("pipeline", help="build → base → SFT → RM → PPO → stage comparison in one go")
     pipeline.add_argument("--data-dir", type=Path, metavar="DIR", help="a directory with *_1_SFT*, *_2_RM*, *_3_PPO* files (default: data/sample)")
     for kind in ("sft", "rm", "ppo"):

@@ -26,7 +26,7 @@ _WHITESPACE = re.compile(r"[ \t\r\n]*")
 _NEXT_RECORD_ON_NEW_LINE = re.compile(r",[ \t\r]*\n[ \t\r\n]*\{")
 _NEXT_RECORD = re.compile(r",[ \t\r\n]*\{")
 _CONVERSATION_TURN = re.compile(r"^<(사람|챗봇)>:[ \t]?(.*)$")
-_HUMAN, _BOT = "사람", "챗봇"
+HUMAN, BOT = "사람", "챗봇"
 
 
 class FileFormat(str, Enum):
@@ -241,11 +241,11 @@ def _iter_conversation(text: str) -> Iterator[SourceRecord]:
     index = 0
     for turns in _conversation_blocks(text):
         for position, (speaker, turn_text, line) in enumerate(turns):
-            if speaker != _BOT:
+            if speaker != BOT:
                 continue
             index += 1
             history = turns[:position]
-            if not any(earlier == _HUMAN for earlier, _, _ in history):
+            if not any(earlier == HUMAN for earlier, _, _ in history):
                 yield SourceRecord(index, line, error="conversation: <챗봇> turn before any <사람> turn")
                 continue
             yield SourceRecord(index, line, {"prompt": _render_history(history), "completion": turn_text})
@@ -271,6 +271,12 @@ def _conversation_blocks(text: str) -> Iterator[list[tuple[str, str, int]]]:
 
 
 def _render_history(history: list[tuple[str, str, int]]) -> str:
-    if len(history) == 1:
-        return history[0][1]
-    return "\n".join(f"<{speaker}>: {turn_text}" for speaker, turn_text, _ in history)
+    return render_dialogue([(speaker, turn_text) for speaker, turn_text, _ in history])
+
+
+def render_dialogue(turns: list[tuple[str, str]]) -> str:
+    """The prompt a bot turn answers: a lone first question as it is, a longer dialogue as
+    `<사람>: …` / `<챗봇>: …` lines (speakers HUMAN and BOT), as the conversation file's records are built."""
+    if len(turns) == 1:
+        return turns[0][1]
+    return "\n".join(f"<{speaker}>: {turn_text}" for speaker, turn_text in turns)

@@ -14,8 +14,10 @@ from rich.table import Table
 from kochat_data.errors import UsageError
 from kochat_eval.metrics import UNITS
 from kochat_eval.report import csv_text, markdown, plot_curves, rich_table
+from kochat_eval.decoding import NOTEBOOK_DECODINGS, DecodingEvalConfig, compare_decodings
 from kochat_eval.rm_eval import evaluate_rm
 from kochat_eval.stages import StageEvalConfig, compare_stages, write_generations
+from kochat_train.decoding_flags import DECODING_OPTIONS, parse_decoding
 
 console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
 
@@ -48,10 +50,32 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     stages.add_argument("--unit", choices=UNITS, default="eojeol", help="units of length and repetition metrics")
     stages.add_argument("--device", default="auto")
     stages.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl, curves.png")
-    formats = stages.add_mutually_exclusive_group()
+    _add_table_outputs(stages)
+    stages.set_defaults(run=run_stages)
+
+    decoding = commands.add_parser("decoding", help="one model, several decoding configs, the stage table's columns per config",
+                                   description="One model answers the held-out prompts under each decoding config (default: the "
+                                               "KoChatGPT notebook's: " + ", ".join(NOTEBOOK_DECODINGS) + ").")
+    decoding.add_argument("--model", type=Path, required=True, metavar="DIR", help="causal LM directory (any stage) or hub name")
+    decoding.add_argument("--reward-model", type=Path, required=True, metavar="DIR", help="reward model that scores the responses")
+    decoding.add_argument("--data", type=Path, required=True, metavar="DIR", help="`kochat data build` directory; its ppo eval prompts are used")
+    decoding.add_argument("--decoding", action="append", metavar="NAME=k=v,…",
+                          help="repeat per config, e.g. beam4=num_beams=4,no_repeat_ngram_size=2 (keys: " + ", ".join(DECODING_OPTIONS) + ")")
+    decoding.add_argument("--max-prompts", type=int, default=0, help="first N eval prompts (default: 0, all)")
+    decoding.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default: 16)")
+    decoding.add_argument("--max-new-tokens", type=int, default=48, help="response length limit unless a config sets its own (default: 48)")
+    decoding.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every config (default: 0)")
+    decoding.add_argument("--unit", choices=UNITS, default="eojeol", help="units of length and repetition metrics (default: eojeol)")
+    decoding.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    decoding.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl")
+    _add_table_outputs(decoding)
+    decoding.set_defaults(run=run_decoding)
+
+
+def _add_table_outputs(parser: argparse.ArgumentParser) -> None:
+    formats = parser.add_mutually_exclusive_group()
     for name in ("markdown", "json", "csv"):
         formats.add_argument(f"--{name}", action="store_true", help=f"print the table as {name} instead of the rich table")
-    stages.set_defaults(run=run_stages)
 
 
 def _quiet() -> None:
@@ -98,6 +122,26 @@ def run_stages(args: argparse.Namespace) -> int:
     report, generations = compare_stages(config)
     if args.out is not None:
         write_stage_report(args.out, report, generations, config.stages)
+    print_report(report, args)
+    return 0
+
+
+def run_decoding(args: argparse.Namespace) -> int:
+    _quiet()
+    decodings = dict(parse_decoding(spec) for spec in args.decoding) if args.decoding else dict(NOTEBOOK_DECODINGS)
+    if args.decoding and len(decodings) < len(args.decoding):
+        raise UsageError("--decoding: each config needs its own NAME")
+    config = DecodingEvalConfig(model=args.model, reward_model=args.reward_model, data=args.data, decodings=decodings,
+                                max_prompts=args.max_prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                seed=args.seed, unit=args.unit, device=args.device)
+    report, generations = compare_decodings(config)
+    if args.out is not None:
+        write_stage_report(args.out, report, generations)
+    print_report(report, args)
+    return 0
+
+
+def print_report(report: dict, args: argparse.Namespace) -> None:
     if args.markdown:
         print(markdown(report), end="")
     elif args.json:
@@ -106,13 +150,14 @@ def run_stages(args: argparse.Namespace) -> int:
         print(csv_text(report), end="")
     else:
         Console(width=max(console.width, 170)).print(rich_table(report))
-    return 0
 
 
-def write_stage_report(out: Path, report: dict, generations: list[dict], stage_dirs: dict[str, Path]) -> None:
+def write_stage_report(out: Path, report: dict, generations: list[dict], stage_dirs: dict[str, Path] | None = None) -> None:
+    """table.md, report.json, report.csv, generations.jsonl and, given stage directories, curves.png."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (out / "table.md").write_text(markdown(report), encoding="utf-8")
     (out / "report.csv").write_text(csv_text(report), encoding="utf-8")
     write_generations(out / "generations.jsonl", generations)
-    plot_curves(stage_dirs, out / "curves.png")
+    if stage_dirs:
+        plot_curves(stage_dirs, out / "curves.png")

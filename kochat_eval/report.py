@@ -10,6 +10,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from kochat_train.decoding_flags import DECODING_OPTIONS
+
 # (key, header, format) of the stage table, in display order.
 COLUMNS = [
     ("stage", "stage", "{}"),
@@ -29,28 +31,43 @@ COLUMNS = [
 ]
 
 
-def _cells(stage: dict) -> list[str]:
+def _columns(report: dict) -> list[tuple[str, str, str]]:
+    """The columns this report has (a decoding comparison has no reference: no KL, no win rate)."""
+    return [column for column in COLUMNS if column[0] == "rm_score_ci" or column[0] in report["stages"][0]]
+
+
+def _cells(stage: dict, columns: list[tuple[str, str, str]]) -> list[str]:
     values = {**stage, "rm_score_ci": f"[{stage['rm_score_ci_low']:.3f}, {stage['rm_score_ci_high']:.3f}]"}
-    return ["–" if isinstance(values[key], float) and math.isnan(values[key]) else fmt.format(values[key]) for key, _, fmt in COLUMNS]
+    return ["–" if isinstance(values[key], float) and math.isnan(values[key]) else fmt.format(values[key]) for key, _, fmt in columns]
 
 
 def caption(report: dict) -> str:
-    return (f"{report['prompts']} held-out prompts (set {report['prompt_set_sha256']}), seed {report['seed']}, "
-            f"decoding {json.dumps(report['decoding'])}, units {report['unit']}, reference {report['reference']}")
+    head = f"{report['prompts']} held-out prompts (set {report['prompt_set_sha256']}), seed {report['seed']}, units {report['unit']}"
+    if "decodings" in report:
+        configs = "; ".join(f"{name}: {_changed(settings)}" for name, settings in report["decodings"].items())
+        return f"{head}, model {report['model']}; decodings (changes from greedy): {configs}"
+    return f"{head}, decoding {json.dumps(report['decoding'])}, reference {report['reference']}"
+
+
+def _changed(settings: dict) -> str:
+    changed = {key: value for key, value in settings.items() if key in DECODING_OPTIONS and value != DECODING_OPTIONS[key][1]}
+    return ", ".join(f"{key}={value}" for key, value in changed.items()) or "greedy"
 
 
 def rich_table(report: dict) -> Table:
-    table = Table(title="kochat stage comparison", caption=caption(report))
-    for _, header, _ in COLUMNS:
+    columns = _columns(report)
+    table = Table(title=report.get("title", "kochat stage comparison"), caption=caption(report))
+    for _, header, _ in columns:
         table.add_column(header, justify="left" if header == "stage" else "right")
     for stage in report["stages"]:
-        table.add_row(*_cells(stage))
+        table.add_row(*_cells(stage, columns))
     return table
 
 
 def markdown(report: dict) -> str:
-    lines = ["| " + " | ".join(header for _, header, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(stage)) + " |" for stage in report["stages"]]
+    columns = _columns(report)
+    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cells(stage, columns)) + " |" for stage in report["stages"]]
     return "\n".join(lines) + f"\n\n{caption(report)}\n"
 
 
@@ -59,7 +76,8 @@ def csv_text(report: dict) -> str:
     writer = csv.DictWriter(buffer, fieldnames=list(report["stages"][0]) + ["prompt_set_sha256", "seed", "decoding"])
     writer.writeheader()
     for stage in report["stages"]:
-        writer.writerow({**stage, "prompt_set_sha256": report["prompt_set_sha256"], "seed": report["seed"], "decoding": json.dumps(report["decoding"])})
+        decoding = report["decodings"][stage["stage"]] if "decodings" in report else report["decoding"]
+        writer.writerow({**stage, "prompt_set_sha256": report["prompt_set_sha256"], "seed": report["seed"], "decoding": json.dumps(decoding)})
     return buffer.getvalue()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,9 @@ from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind
 from kochat_train.rm import PAIR_COLUMNS, PairCollator, ScalarRewardModel, pair_metrics, tokenize_pairs
-from kochat_train.runtime import CONFIG_FILE, load_stage_data, require_rows, resolve_device
+from kochat_eval.scoring import DEFAULT_MAX_LENGTH, training_max_length
+from kochat_train.runtime import load_stage_data, require_rows, resolve_device
 from kochat_train.sources import capped_length, inference_dtype, load_reward_model, load_tokenizer
-
-DEFAULT_MAX_LENGTH = 256  # for a reward model that does not say what it was trained with
 
 
 def margin_auc(margins: np.ndarray) -> float:
@@ -26,14 +24,6 @@ def margin_auc(margins: np.ndarray) -> float:
         return float("nan")
     labels = np.r_[np.ones(len(margins)), np.zeros(len(margins))]
     return float(roc_auc_score(labels, np.r_[margins, -margins]))
-
-
-def training_max_length(model_dir: Path) -> int | None:
-    """The max_length a kochat reward model was trained with (its kochat_config.json), if it says."""
-    try:
-        return int(json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))["max_length"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 @torch.no_grad()

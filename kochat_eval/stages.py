@@ -11,12 +11,13 @@ import hashlib
 import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 import torch
-from transformers import set_seed
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
@@ -24,7 +25,7 @@ from kochat_data.schema import Kind
 from kochat_data.text import hangul_ratio
 from kochat_eval.metrics import bootstrap_ci, repetition_metrics, split_units
 from kochat_train.rm import ScalarRewardModel
-from kochat_train.rollout import decoding_config, generate, response_logits, token_logprobs
+from kochat_train.rollout import decoding_config, generate, response_logits, response_texts, token_logprobs
 from kochat_train.runtime import load_stage_data, resolve_device
 from kochat_train.sources import inference_dtype, load_causal_lm, load_reward_model, load_tokenizer, require_same_tokenizer
 
@@ -90,31 +91,15 @@ def compare_stages(config: StageEvalConfig) -> tuple[dict, list[dict]]:
     for name, tokenizer in tokenizers.items():  # every input checked before the first generation
         require_same_tokenizer(rm_tokenizer, tokenizer, config.reward_model, f"{config.stages[name]} (stage {name!r})")
     reference = load_causal_lm(config.stages[config.reference], tokenizers[config.reference], dtype=dtype).to(device).eval()
-    temperature = config.decoding.get("temperature", 1.0)
     rows: dict[str, list[dict]] = {}
     with progress_bar() as progress:
         for name, directory in config.stages.items():
-            tokenizer = tokenizers[name]
-            policy = load_causal_lm(directory, tokenizer, dtype=dtype).to(device).eval()
-            decoding = decoding_config(tokenizer, **config.decoding)
-            set_seed(config.seed)  # the same sampling noise for every stage
+            policy = load_causal_lm(directory, tokenizers[name], dtype=dtype).to(device).eval()
             task = progress.add_task(f"eval {name}", total=len(prompts))
-            rows[name] = []
-            for start in range(0, len(prompts), config.batch_size):
-                batch = prompts[start : start + config.batch_size]
-                rollout = generate(policy, tokenizer, batch, config.max_length, decoding)
-                mask = rollout.response_mask.float()
-                # KL between the distributions the responses were sampled from (tempered alike).
-                logprobs = token_logprobs(response_logits(policy, rollout, temperature), rollout.response_ids)
-                ref_logprobs = token_logprobs(response_logits(reference, rollout, temperature), rollout.response_ids)
-                scores = reward_model(rollout.input_ids, rollout.attention_mask)
-                kls = ((logprobs - ref_logprobs) * mask).sum(dim=1)
-                ended = rollout.ended_with_eos(tokenizer.eos_token_id)
-                for i, prompt in enumerate(batch):
-                    response = tokenizer.decode(rollout.response_ids[i][rollout.response_mask[i] == 1], skip_special_tokens=True)
-                    rows[name].append({"stage": name, "prompt": prompt, "response": response, "rm_score": scores[i].item(),
-                                       "kl": kls[i].item(), "tokens": int(mask[i].sum()), "eos": bool(ended[i])})
-                progress.advance(task, len(batch))
+            rows[name] = answer_prompts(policy, tokenizers[name], prompts, config.decoding, reward_model, config.batch_size,
+                                        config.max_length, config.seed, lambda done: progress.advance(task, done), reference)
+            for row in rows[name]:
+                row["stage"] = name
     report = {
         "prompts": len(prompts), "prompt_set_sha256": prompt_set_hash(prompts), "seed": config.seed,
         "decoding": config.decoding, "unit": config.unit, "reference": config.reference,
@@ -124,17 +109,53 @@ def compare_stages(config: StageEvalConfig) -> tuple[dict, list[dict]]:
     return report, [row for stage_rows in rows.values() for row in stage_rows]
 
 
+@torch.no_grad()
+def answer_prompts(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], decoding: dict,
+                   reward_model: ScalarRewardModel, batch_size: int, max_length: int, seed: int,
+                   advance: Callable[[int], None] = lambda done: None, reference: PreTrainedModel | None = None) -> list[dict]:
+    """Every prompt answered under `decoding` (settings of `decoding_config`) and scored by the reward
+    model; with a `reference`, also the KL of each response to it. Seeded, so every model or
+    decoding answering the same prompts draws the same sampling noise."""
+    settings = decoding_config(tokenizer, **decoding)
+    temperature = decoding.get("temperature", 1.0)
+    set_seed(seed)
+    rows = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        rollout = generate(policy, tokenizer, batch, max_length, settings)
+        mask = rollout.response_mask.float()
+        scores = reward_model(rollout.input_ids, rollout.attention_mask)
+        ended = rollout.ended_with_eos(tokenizer.eos_token_id)
+        if reference is not None:  # KL between the distributions the responses were sampled from (tempered alike)
+            logprobs = token_logprobs(response_logits(policy, rollout, temperature), rollout.response_ids)
+            ref_logprobs = token_logprobs(response_logits(reference, rollout, temperature), rollout.response_ids)
+            kls = ((logprobs - ref_logprobs) * mask).sum(dim=1).tolist()
+        copies = len(rollout.response_ids) // len(batch)
+        for i, response in enumerate(response_texts(tokenizer, rollout)):
+            row = {"prompt": batch[i // copies], "response": response, "rm_score": scores[i].item(), "tokens": int(mask[i].sum()),
+                   "eos": bool(ended[i])}
+            rows.append(row if reference is None else {**row, "kl": kls[i]})
+        advance(len(batch))
+    return rows
+
+
 def stage_metrics(name: str, directory: str, rows: list[dict], reference_rows: list[dict], unit: str) -> dict:
+    """The response metrics, with the win rate against and the KL to the reference stage."""
+    metrics = response_metrics(rows, unit)
+    return {"stage": name, "model": directory, **metrics,
+            "win_rate": win_rate([row["rm_score"] for row in rows], [row["rm_score"] for row in reference_rows]),
+            "kl": statistics.fmean(row["kl"] for row in rows)}
+
+
+def response_metrics(rows: list[dict], unit: str) -> dict:
+    """Score mean with its bootstrap CI, length, EOS rate, non-Hangul share and repetition of a set of responses."""
     scores = [row["rm_score"] for row in rows]
     units = [split_units(row["response"], unit) for row in rows]
     lengths = [len(u) for u in units]
     hangul = pl.DataFrame({"text": [row["response"] for row in rows]}).select(hangul_ratio(pl.col("text")).alias("ratio"))["ratio"]
     low, high = bootstrap_ci(scores)
     return {
-        "stage": name, "model": directory,
         "rm_score": statistics.fmean(scores), "rm_score_ci_low": low, "rm_score_ci_high": high,
-        "win_rate": win_rate(scores, [row["rm_score"] for row in reference_rows]),
-        "kl": statistics.fmean(row["kl"] for row in rows),
         "length_mean": statistics.fmean(lengths), "length_median": statistics.median(lengths),
         "eos_rate": statistics.fmean(float(row["eos"]) for row in rows),
         "non_hangul_share": float((hangul < 0.5).mean()),

@@ -1,4 +1,5 @@
-"""PPO rollouts: left-padded batched generation with the KV cache, response masks, per-token log-probs and values."""
+"""Generation for every caller (PPO rollouts, `eval stages`, `eval decoding`, `generate`, `chat`): left-padded
+batched generation with the KV cache under one explicit GenerationConfig, response masks, per-token log-probs."""
 
 from __future__ import annotations
 
@@ -60,11 +61,12 @@ def decoding_config(tokenizer: PreTrainedTokenizerBase, **settings) -> Generatio
                                "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id})
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    """Templated prompts, left-padded so every row's last prompt token sits at the same column."""
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int, template: bool = True) -> dict[str, torch.Tensor]:
+    """Prompts (templated unless `template` is False), left-padded so every row's last prompt token
+    sits at the same column, and left-truncated: what is cut is the oldest text."""
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     try:
-        return tokenizer([render_prompt(p) for p in prompts], add_special_tokens=False, padding=True,
+        return tokenizer([render_prompt(p) if template else p for p in prompts], add_special_tokens=False, padding=True,
                          truncation=True, max_length=max_length, return_tensors="pt")
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = "right", "right"
@@ -72,8 +74,9 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_l
 
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int,
-             decoding: GenerationConfig) -> Rollout:
-    """One response per prompt under `decoding` (see `decoding_config`).
+             decoding: GenerationConfig, template: bool = True, streamer=None) -> Rollout:
+    """`decoding.num_return_sequences` responses per prompt under `decoding` (see `decoding_config`),
+    rows grouped by prompt; `streamer` (batch of one) receives tokens as they come.
 
     Prompts keep their last `max_length` tokens, fewer when the model's positions would not
     fit the prompt and `max_new_tokens`.
@@ -84,11 +87,18 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         max_length = min(max_length, positions - decoding.max_new_tokens)
         if max_length < 1:
             raise UsageError(f"max_new_tokens {decoding.max_new_tokens} leaves no room for a prompt in the model's {positions} positions")
-    encoded = encode_prompts(tokenizer, prompts, max_length).to(device)
-    output = model.generate(**encoded, generation_config=decoding)
+    encoded = encode_prompts(tokenizer, prompts, max_length, template).to(device)
+    output = model.generate(**encoded, generation_config=decoding, streamer=streamer)
     response_ids = output[:, encoded["input_ids"].shape[1]:]
     mask = response_mask(response_ids, tokenizer.eos_token_id)
-    return Rollout(encoded["input_ids"], encoded["attention_mask"], response_ids * mask + tokenizer.pad_token_id * (1 - mask), mask)
+    copies = decoding.num_return_sequences or 1
+    prompt_ids, prompt_mask = (encoded[key].repeat_interleave(copies, dim=0) for key in ("input_ids", "attention_mask"))
+    return Rollout(prompt_ids, prompt_mask, response_ids * mask + tokenizer.pad_token_id * (1 - mask), mask)
+
+
+def response_texts(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:
+    """Each response as text, without its EOS or padding."""
+    return [tokenizer.decode(ids[mask == 1], skip_special_tokens=True) for ids, mask in zip(rollout.response_ids, rollout.response_mask, strict=True)]
 
 
 def response_logits(model: PreTrainedModel, rollout: Rollout, temperature: float = 1.0) -> torch.Tensor:

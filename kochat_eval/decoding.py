@@ -1,0 +1,93 @@
+"""`kochat eval decoding`: one model answers the same held-out prompts under several decoding configs.
+
+The KoChatGPT notebook tries greedy decoding, beam search, sampling and repetition controls and
+concludes that the best decoding must be found by experiment; this is that experiment, with the
+stage table's columns per config. Every config goes through the one generation path
+(`kochat_train.rollout.generate`), beam search and sampling alike, with the same prompts and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kochat_data.errors import UsageError
+from kochat_data.progress import progress_bar
+from kochat_eval.stages import answer_prompts, eval_prompts, prompt_set_hash, response_metrics
+from kochat_train.rm import ScalarRewardModel
+from kochat_train.decoding_flags import DECODING_OPTIONS, decoding_problems
+from kochat_train.runtime import resolve_device
+from kochat_train.sources import inference_dtype, load_causal_lm, load_reward_model, load_tokenizer, require_same_tokenizer
+
+# The decodings of the KoChatGPT notebook, in its order; unnamed settings keep transformers' defaults.
+NOTEBOOK_DECODINGS: dict[str, dict] = {
+    "greedy": {},
+    "beam10-norepeat2": {"num_beams": 10, "no_repeat_ngram_size": 2},
+    "beam7-sample-t2-k50-norepeat2": {"num_beams": 7, "do_sample": True, "temperature": 2.0, "top_k": 50, "no_repeat_ngram_size": 2},
+    "beam7-top-p0.9-norepeat2": {"num_beams": 7, "do_sample": True, "top_k": 0, "top_p": 0.9, "no_repeat_ngram_size": 2},
+    "sft-notebook": {"num_beams": 4, "repetition_penalty": 2.0, "no_repeat_ngram_size": 4, "max_new_tokens": 64,
+                     "do_sample": True, "top_k": 50},
+    "sampling": {"do_sample": True},
+}
+
+
+@dataclass
+class DecodingEvalConfig:
+    model: Path
+    reward_model: Path
+    data: Path
+    decodings: dict[str, dict] = field(default_factory=lambda: dict(NOTEBOOK_DECODINGS))
+    max_prompts: int = 0
+    batch_size: int = 16
+    max_length: int = 128
+    max_new_tokens: int = 48
+    seed: int = 0
+    unit: str = "eojeol"
+    device: str = "auto"
+
+    def settings(self, name: str) -> dict:
+        """Every decoding setting of one config: transformers' defaults, --max-new-tokens, then the config's own."""
+        return {**{key: default for key, (_, default, _) in DECODING_OPTIONS.items()}, "max_new_tokens": self.max_new_tokens,
+                "num_return_sequences": 1, **self.decodings[name]}
+
+    def problems(self) -> list[str]:
+        found = [f"--decoding {name}: {problem}" for name in self.decodings for problem in decoding_problems(self.settings(name))]
+        if self.decodings and any(self.settings(name)["num_return_sequences"] != 1 for name in self.decodings):
+            found.append("--decoding: num_return_sequences must be 1 here (one response per prompt and config)")
+        for flag, value, least in (("--batch-size", self.batch_size, 1), ("--max-prompts", self.max_prompts, 0),
+                                   ("--max-new-tokens", self.max_new_tokens, 1)):
+            if value < least:
+                found.append(f"{flag}: expected an integer ≥ {least}, got {value}")
+        return found + ([] if self.decodings else ["no decoding config"])
+
+
+@torch.no_grad()
+def compare_decodings(config: DecodingEvalConfig) -> tuple[dict, list[dict]]:
+    """Returns (report, generations): per-config metrics and every response with its score."""
+    problems = config.problems()
+    if problems:
+        raise UsageError("; ".join(problems))
+    device = resolve_device(config.device)
+    dtype = inference_dtype(device)
+    prompts = eval_prompts(config.data, config.max_prompts)
+    rm_tokenizer = load_tokenizer(config.reward_model)
+    reward_model = ScalarRewardModel(load_reward_model(config.reward_model, rm_tokenizer, dtype=dtype)).to(device).eval()
+    tokenizer = load_tokenizer(config.model)
+    require_same_tokenizer(rm_tokenizer, tokenizer, config.reward_model, config.model)
+    policy = load_causal_lm(config.model, tokenizer, dtype=dtype).to(device).eval()
+    rows: dict[str, list[dict]] = {}
+    with progress_bar() as progress:
+        for name in config.decodings:
+            task = progress.add_task(f"decoding {name}", total=len(prompts))
+            rows[name] = [{"decoding": name, **row} for row in answer_prompts(
+                policy, tokenizer, prompts, config.settings(name), reward_model, config.batch_size, config.max_length, config.seed,
+                lambda done: progress.advance(task, done))]
+    report = {
+        "title": "kochat decoding comparison", "model": str(config.model), "reward_model": str(config.reward_model),
+        "prompts": len(prompts), "prompt_set_sha256": prompt_set_hash(prompts), "seed": config.seed, "unit": config.unit,
+        "decodings": {name: config.settings(name) for name in config.decodings},
+        "stages": [{"stage": name, "model": str(config.model), **response_metrics(rows[name], config.unit)} for name in rows],
+    }
+    return report, [row for config_rows in rows.values() for row in config_rows]

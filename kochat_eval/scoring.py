@@ -1,0 +1,51 @@
+"""`kochat score`: the reward of (prompt, response) pairs, read exactly as the reward model was trained to read them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorWithPadding
+
+from kochat_data.errors import UsageError
+from kochat_train.rm import ScalarRewardModel
+from kochat_train.runtime import CONFIG_FILE, resolve_device
+from kochat_train.sources import capped_length, inference_dtype, load_reward_model, load_tokenizer
+from kochat_train.template import encode_examples
+
+DEFAULT_MAX_LENGTH = 256  # for a reward model that does not say what it was trained with
+
+
+def training_max_length(model_dir: Path) -> int | None:
+    """The max_length a kochat reward model was trained with (its kochat_config.json), if it says."""
+    try:
+        return int(json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class RewardScorer:
+    """A reward model ready to score texts: `template(prompt) + response + EOS`, cut to the length it
+    was trained with (never past its positions), reward at the last real token."""
+
+    def __init__(self, model_dir: Path, device: str = "auto", max_length: int | None = None):
+        if max_length is not None and max_length < 1:
+            raise UsageError(f"--max-length: expected an integer ≥ 1, got {max_length}")
+        self.device = resolve_device(device)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = ScalarRewardModel(load_reward_model(model_dir, self.tokenizer, dtype=inference_dtype(self.device))).to(self.device).eval()
+        self.max_length = capped_length(max_length or training_max_length(model_dir) or DEFAULT_MAX_LENGTH, self.model.model)
+        self.pad = DataCollatorWithPadding(self.tokenizer)
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
+        if batch_size < 1:
+            raise UsageError(f"--batch-size: expected an integer ≥ 1, got {batch_size}")
+        examples = encode_examples(self.tokenizer, list(prompts), list(responses), self.max_length)
+        rewards: list[float] = []
+        for start in range(0, len(examples), batch_size):
+            batch = self.pad([{"input_ids": ids} for ids, _ in examples[start : start + batch_size]])
+            rewards += self.model(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).tolist()
+        return rewards
