@@ -21,7 +21,7 @@ from rich.table import Table
 
 from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.rm import ScalarRewardModel
-from kochat_train.rollout import generate, response_logits, token_logprobs
+from kochat_train.rollout import decoding_config, generate, response_logits, token_logprobs
 from kochat_train.sources import load_causal_lm, load_reward_model, load_tokenizer
 
 SAMPLING = {"max_new_tokens": 48, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
@@ -36,7 +36,7 @@ def score_policy(policy_dir: Path, reference_dir: Path, rm_dir: Path, prompts: l
     scores, kls, lengths, eos, samples = [], [], [], [], []
     for start in range(0, len(prompts), 32):
         batch = prompts[start : start + 32]
-        rollout = generate(policy, tokenizer, batch, 128, SAMPLING)
+        rollout = generate(policy, tokenizer, batch, 128, decoding_config(tokenizer, **SAMPLING))
         mask = rollout.response_mask.float()
         logprobs = token_logprobs(response_logits(policy, rollout), rollout.response_ids)
         ref_logprobs = token_logprobs(response_logits(reference, rollout), rollout.response_ids)

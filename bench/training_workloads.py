@@ -18,7 +18,7 @@ import seed_training
 from kochat_data.build import BuildConfig, build
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.rm import RewardConfig, train_rm
-from kochat_train.rollout import generate as kochat_generate
+from kochat_train.rollout import decoding_config, generate as kochat_generate
 from kochat_train.sft import SFTConfig, tokenize_sft, train_sft
 from kochat_train.sources import load_tokenizer
 from kochat_train.template import render_prompt
@@ -77,7 +77,7 @@ def bench_rollout(data: Path, base: Path, batches: int, batch_size: int, new_tok
     sampling = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "top_k": 50, "top_p": 1.0, "temperature": 1.0}
 
     def ours(chunk):
-        kochat_generate(model, tokenizer, chunk, max_length=96, sampling=sampling)
+        kochat_generate(model, tokenizer, chunk, max_length=96, decoding=decoding_config(tokenizer, **sampling))
 
     def seed(chunk):
         seed_training.sample(model, tokenizer, chunk, new_tokens, top_k=50)

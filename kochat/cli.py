@@ -59,6 +59,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from kochat.pipeline import load_pipeline_config, run_pipeline
+    from kochat_eval.cli import rm_table
     from kochat_eval.report import rich_table
 
     datasets.disable_progress_bars()
@@ -69,7 +70,14 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     started = time.perf_counter()
     report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {line}"))
-    Console(width=max(Console().width, 170)).print(rich_table(report))
+    wide = Console(width=max(Console().width, 170))
+    for name, result in report["reward_models"].items():
+        wide.print(rm_table(result))
+        for key, beaten in result["beats_every_shortcut"].items():
+            if not beaten:
+                console.print(f"warning: the {'proxy' if name == 'rm' else name} reward model does not beat the best rule that "
+                              f"needs no model on {key.removeprefix('accuracy_') if key != 'accuracy' else 'all pairs'}", markup=False)
+    wide.print(rich_table(report))
     console.print(f"outputs in {config.out} (table: {config.out / 'eval' / 'table.md'}); {time.perf_counter() - started:.0f} s")
     return 0
 

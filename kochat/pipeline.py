@@ -1,4 +1,4 @@
-"""`kochat pipeline`: build → base → SFT → RM → PPO → stage comparison, reusing finished stages.
+"""`kochat pipeline`: build → base → SFT → proxy and judge RMs → PPO → stage comparison, reusing finished stages.
 
 Stage settings are the defaults below, overridden per stage from a config file with sections
 `[train_base]`, `[train_sft]`, `[train_rm]`, `[train_ppo]` and `[eval]`.
@@ -15,6 +15,7 @@ from typing import Any
 from kochat_data.build import BuildConfig, build
 from kochat_data.errors import UsageError
 from kochat_eval.cli import write_stage_report
+from kochat_eval.rm_eval import evaluate_rm
 from kochat_eval.stages import StageEvalConfig, compare_stages
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.config import read_config_file, resolve_config
@@ -32,7 +33,8 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "train_base": {"max_length": 128, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.05, "min_steps": 50},
     "train_sft": {"max_length": 128, "epochs": 2, "batch_size": 16, "learning_rate": 5e-4, "warmup_ratio": 0.05, "min_steps": 40},
     "train_rm": {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 3e-4, "warmup_ratio": 0.05, "min_steps": 40},
-    "train_ppo": {"max_length": 128, "max_steps": 100, "batch_size": 16, "mini_batch_size": 8, "learning_rate": 5e-5, "kl_coef": 0.05},
+    "train_ppo": {"max_length": 128, "max_steps": 100, "batch_size": 16, "mini_batch_size": 8, "learning_rate": 5e-5, "kl_coef": 0.05,
+                  "eval_every": 20, "eval_prompts": 64},
     "eval": {"max_prompts": 256},
 }
 SHARED = {"logging_steps": 50, "save_steps": 1000}
@@ -98,16 +100,21 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
         model = str(trained["base"])
     trained["sft"] = _stage(config, "sft", lambda o: train_sft(resolve_config(
         SFTConfig, data=data, out=o, model=model, seed=config.seed, overwrite=True, **config.settings("train_sft"))), announce)
-    trained["rm"] = _stage(config, "rm", lambda o: train_rm(resolve_config(
-        RewardConfig, data=data, out=o, model=str(trained["sft"]), seed=config.seed, overwrite=True, **config.settings("train_rm"))), announce)
+    # Two reward models from disjoint prompts of the train split: PPO optimises the proxy, the judge referees.
+    for name, pairs in (("rm", "proxy"), ("judge", "judge")):
+        trained[name] = _stage(config, name, lambda o, pairs=pairs: train_rm(resolve_config(
+            RewardConfig, data=data, out=o, model=str(trained["sft"]), seed=config.seed, overwrite=True, pairs=pairs,
+            **config.settings("train_rm"))), announce)
     trained["ppo"] = _stage(config, "ppo", lambda o: train_ppo(resolve_config(
-        PPOConfig, data=data, out=o, sft=str(trained["sft"]), rm=str(trained["rm"]), seed=config.seed, overwrite=True,
-        **config.settings("train_ppo"))), announce)
-    announce("eval: generating for the held-out prompts with every stage")
+        PPOConfig, data=data, out=o, sft=str(trained["sft"]), rm=str(trained["rm"]), judge=str(trained["judge"]), seed=config.seed,
+        overwrite=True, **config.settings("train_ppo"))), announce)
+    announce("eval: both reward models on the held-out pairs, then every stage on the held-out prompts")
+    reward_models = {name: evaluate_rm(trained[name], data) for name in ("rm", "judge")}
     compared = {name: trained[name] for name in ("base", "sft", "ppo") if name in trained}
-    eval_settings = config.settings("eval")
-    report, generations = compare_stages(StageEvalConfig(stages=compared, reward_model=trained["rm"], data=data, **eval_settings))
-    write_stage_report(out / "eval", report, generations, {**compared, "rm": trained["rm"]})
+    report, generations = compare_stages(StageEvalConfig(stages=compared, reward_model=trained["rm"], judge=trained["judge"], data=data,
+                                                         **config.settings("eval")))
+    report["reward_models"] = reward_models
+    write_stage_report(out / "eval", report, generations, {**compared, "rm": trained["rm"], "judge": trained["judge"]})
     return report
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kochat_data.errors import UsageError
+from kochat_eval.html_report import render_html
 from kochat_eval.metrics import UNITS
 from kochat_eval.report import csv_text, markdown, plot_curves, rich_table
 from kochat_eval.decoding import NOTEBOOK_DECODINGS, DecodingEvalConfig, compare_decodings
@@ -37,7 +38,9 @@ def register(evaluate: argparse.ArgumentParser) -> None:
 
     stages = commands.add_parser("stages", help="generate for the held-out prompts with every stage and compare")
     stages.add_argument("--stage", action="append", required=True, metavar="NAME=DIR", help="repeat per stage, in table order")
-    stages.add_argument("--reward-model", type=Path, required=True, metavar="DIR")
+    stages.add_argument("--reward-model", type=Path, required=True, metavar="DIR", help="the proxy: the reward model PPO optimised")
+    stages.add_argument("--judge", type=Path, metavar="DIR", help="a reward model the policies never saw (`kochat train rm --pairs judge`); "
+                        "win rates are read from it")
     stages.add_argument("--data", type=Path, required=True, metavar="DIR")
     stages.add_argument("--reference", default="sft", help="stage for KL and win rate (default: sft)")
     stages.add_argument("--max-prompts", type=int, default=0, help="first N eval prompts (0: all)")
@@ -49,7 +52,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     stages.add_argument("--seed", type=int, default=0)
     stages.add_argument("--unit", choices=UNITS, default="eojeol", help="units of length and repetition metrics")
     stages.add_argument("--device", default="auto")
-    stages.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl, curves.png")
+    stages.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl, curves.png, report.html")
     _add_table_outputs(stages)
     stages.set_defaults(run=run_stages)
 
@@ -58,6 +61,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
                                                "KoChatGPT notebook's: " + ", ".join(NOTEBOOK_DECODINGS) + ").")
     decoding.add_argument("--model", type=Path, required=True, metavar="DIR", help="causal LM directory (any stage) or hub name")
     decoding.add_argument("--reward-model", type=Path, required=True, metavar="DIR", help="reward model that scores the responses")
+    decoding.add_argument("--judge", type=Path, metavar="DIR", help="a second reward model, one the model never saw")
     decoding.add_argument("--data", type=Path, required=True, metavar="DIR", help="`kochat data build` directory; its ppo eval prompts are used")
     decoding.add_argument("--decoding", action="append", metavar="NAME=k=v,…",
                           help="repeat per config, e.g. beam4=num_beams=4,no_repeat_ngram_size=2 (keys: " + ", ".join(DECODING_OPTIONS) + ")")
@@ -67,7 +71,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     decoding.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every config (default: 0)")
     decoding.add_argument("--unit", choices=UNITS, default="eojeol", help="units of length and repetition metrics (default: eojeol)")
     decoding.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    decoding.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl")
+    decoding.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl, report.html")
     _add_table_outputs(decoding)
     decoding.set_defaults(run=run_decoding)
 
@@ -90,14 +94,27 @@ def run_rm(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return 0
-    table = Table(title=f"reward model {args.model} on {result['pairs']} eval pairs")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        if key not in ("model", "data"):
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
+    console.print(rm_table(result))
+    for key, beaten in result["beats_every_shortcut"].items():
+        if not beaten:
+            console.print(f"warning: on {key.removeprefix('accuracy_') if key != 'accuracy' else 'all pairs'} the reward model does "
+                          f"not beat the best rule that needs no model ({args.model})", markup=False)
     return 0
+
+
+def rm_table(result: dict) -> Table:
+    """Accuracy overall and per rank pair, for the reward model and each shortcut rule; ✗ marks
+    where the model is not above the best rule."""
+    keys = [key for key in result["beats_every_shortcut"]]
+    table = Table(title=f"reward model {result['model']} on {result['pairs']} eval pairs (tie = wrong)",
+                  caption=f"mean margin {result['mean_margin']:.3f}, ROC-AUC {result['roc_auc']:.3f}, max_length {result['max_length']}")
+    table.add_column("scorer")
+    for key in keys:
+        table.add_column("all pairs" if key == "accuracy" else key.removeprefix("accuracy_"), justify="right")
+    table.add_row("reward model", *[f"{result[key]:.3f}" + ("" if result["beats_every_shortcut"][key] else " ✗") for key in keys])
+    for name, accuracies in result["shortcuts"].items():
+        table.add_row(name, *[f"{accuracies[key]:.3f}" for key in keys])
+    return table
 
 
 def parse_stages(specs: list[str]) -> dict[str, Path]:
@@ -116,7 +133,7 @@ def run_stages(args: argparse.Namespace) -> int:
     _quiet()
     decoding = {"max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature}
     config = StageEvalConfig(
-        stages=parse_stages(args.stage), reward_model=args.reward_model, data=args.data, reference=args.reference,
+        stages=parse_stages(args.stage), reward_model=args.reward_model, judge=args.judge, data=args.data, reference=args.reference,
         max_prompts=args.max_prompts, batch_size=args.batch_size, decoding=decoding, seed=args.seed, unit=args.unit, device=args.device,
     )
     report, generations = compare_stages(config)
@@ -131,7 +148,7 @@ def run_decoding(args: argparse.Namespace) -> int:
     decodings = dict(parse_decoding(spec) for spec in args.decoding) if args.decoding else dict(NOTEBOOK_DECODINGS)
     if args.decoding and len(decodings) < len(args.decoding):
         raise UsageError("--decoding: each config needs its own NAME")
-    config = DecodingEvalConfig(model=args.model, reward_model=args.reward_model, data=args.data, decodings=decodings,
+    config = DecodingEvalConfig(model=args.model, reward_model=args.reward_model, judge=args.judge, data=args.data, decodings=decodings,
                                 max_prompts=args.max_prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                 seed=args.seed, unit=args.unit, device=args.device)
     report, generations = compare_decodings(config)
@@ -153,11 +170,11 @@ def print_report(report: dict, args: argparse.Namespace) -> None:
 
 
 def write_stage_report(out: Path, report: dict, generations: list[dict], stage_dirs: dict[str, Path] | None = None) -> None:
-    """table.md, report.json, report.csv, generations.jsonl and, given stage directories, curves.png."""
+    """table.md, report.json, report.csv, generations.jsonl, report.html and, given stage directories, curves.png."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (out / "table.md").write_text(markdown(report), encoding="utf-8")
     (out / "report.csv").write_text(csv_text(report), encoding="utf-8")
     write_generations(out / "generations.jsonl", generations)
-    if stage_dirs:
-        plot_curves(stage_dirs, out / "curves.png")
+    curves = plot_curves(stage_dirs, out / "curves.png") if stage_dirs else None
+    (out / "report.html").write_text(render_html(report, generations, curves), encoding="utf-8")

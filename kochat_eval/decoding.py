@@ -15,11 +15,10 @@ import torch
 
 from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
-from kochat_eval.stages import answer_prompts, eval_prompts, prompt_set_hash, response_metrics
-from kochat_train.rm import ScalarRewardModel
+from kochat_eval.stages import Referees, answer_prompts, eval_prompts, prompt_set_hash, response_metrics
 from kochat_train.decoding_flags import DECODING_OPTIONS, decoding_problems
 from kochat_train.runtime import resolve_device
-from kochat_train.sources import inference_dtype, load_causal_lm, load_reward_model, load_tokenizer, require_same_tokenizer
+from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
 
 # The decodings of the KoChatGPT notebook, in its order; unnamed settings keep transformers' defaults.
 NOTEBOOK_DECODINGS: dict[str, dict] = {
@@ -38,6 +37,7 @@ class DecodingEvalConfig:
     model: Path
     reward_model: Path
     data: Path
+    judge: Path | None = None
     decodings: dict[str, dict] = field(default_factory=lambda: dict(NOTEBOOK_DECODINGS))
     max_prompts: int = 0
     batch_size: int = 16
@@ -70,22 +70,21 @@ def compare_decodings(config: DecodingEvalConfig) -> tuple[dict, list[dict]]:
     if problems:
         raise UsageError("; ".join(problems))
     device = resolve_device(config.device)
-    dtype = inference_dtype(device)
     prompts = eval_prompts(config.data, config.max_prompts)
-    rm_tokenizer = load_tokenizer(config.reward_model)
-    reward_model = ScalarRewardModel(load_reward_model(config.reward_model, rm_tokenizer, dtype=dtype)).to(device).eval()
+    referees = Referees(config.reward_model, config.judge, device)
     tokenizer = load_tokenizer(config.model)
-    require_same_tokenizer(rm_tokenizer, tokenizer, config.reward_model, config.model)
-    policy = load_causal_lm(config.model, tokenizer, dtype=dtype).to(device).eval()
+    referees.check_tokenizer(tokenizer, str(config.model))
+    policy = load_causal_lm(config.model, tokenizer, dtype=inference_dtype(device)).to(device).eval()
     rows: dict[str, list[dict]] = {}
     with progress_bar() as progress:
         for name in config.decodings:
             task = progress.add_task(f"decoding {name}", total=len(prompts))
             rows[name] = [{"decoding": name, **row} for row in answer_prompts(
-                policy, tokenizer, prompts, config.settings(name), reward_model, config.batch_size, config.max_length, config.seed,
+                policy, tokenizer, prompts, config.settings(name), referees, config.batch_size, config.max_length, config.seed,
                 lambda done: progress.advance(task, done))]
     report = {
         "title": "kochat decoding comparison", "model": str(config.model), "reward_model": str(config.reward_model),
+        "judge": None if config.judge is None else str(config.judge),
         "prompts": len(prompts), "prompt_set_sha256": prompt_set_hash(prompts), "seed": config.seed, "unit": config.unit,
         "decodings": {name: config.settings(name) for name in config.decodings},
         "stages": [{"stage": name, "model": str(config.model), **response_metrics(rows[name], config.unit)} for name in rows],

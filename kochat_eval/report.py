@@ -12,12 +12,17 @@ from rich.table import Table
 
 from kochat_train.decoding_flags import DECODING_OPTIONS
 
-# (key, header, format) of the stage table, in display order.
+# (key, header, format) of the stage table, in display order; a `…_ci` column shows the
+# interval [key_ci_low, key_ci_high] of its score.
 COLUMNS = [
     ("stage", "stage", "{}"),
-    ("rm_score", "RM score", "{:.3f}"),
-    ("rm_score_ci", "95% CI", "{}"),
-    ("win_rate", "win vs ref", "{:.2f}"),
+    ("proxy_score", "proxy", "{:.3f}"),
+    ("proxy_score_ci", "proxy 95% CI", "[{:.3f}, {:.3f}]"),
+    ("judge_score", "judge", "{:.3f}"),
+    ("judge_score_ci", "judge 95% CI", "[{:.3f}, {:.3f}]"),
+    ("win_rate", "win", "{:.2f}"),
+    ("win_rate_ci", "win 95% CI", "[{:.2f}, {:.2f}]"),
+    ("lc_win_rate", "LC win", "{:.2f}"),
     ("kl", "KL to ref", "{:.3f}"),
     ("length_mean", "length", "{:.1f}"),
     ("length_median", "median", "{:.1f}"),
@@ -32,13 +37,18 @@ COLUMNS = [
 
 
 def _columns(report: dict) -> list[tuple[str, str, str]]:
-    """The columns this report has (a decoding comparison has no reference: no KL, no win rate)."""
-    return [column for column in COLUMNS if column[0] == "rm_score_ci" or column[0] in report["stages"][0]]
+    """The columns this report has (no judge: no judge columns; a decoding comparison: no KL, no win rate)."""
+    first = report["stages"][0]
+    return [column for column in COLUMNS if column[0] in first or f"{column[0]}_low" in first]
 
 
 def _cells(stage: dict, columns: list[tuple[str, str, str]]) -> list[str]:
-    values = {**stage, "rm_score_ci": f"[{stage['rm_score_ci_low']:.3f}, {stage['rm_score_ci_high']:.3f}]"}
-    return ["–" if isinstance(values[key], float) and math.isnan(values[key]) else fmt.format(values[key]) for key, _, fmt in columns]
+    cells = []
+    for key, _, fmt in columns:
+        values = (stage[f"{key}_low"], stage[f"{key}_high"]) if key.endswith("_ci") else (stage[key],)
+        missing = any(isinstance(value, float) and math.isnan(value) for value in values)
+        cells.append("–" if missing else fmt.format(*values))
+    return cells
 
 
 def caption(report: dict) -> str:
@@ -46,7 +56,9 @@ def caption(report: dict) -> str:
     if "decodings" in report:
         configs = "; ".join(f"{name}: {_changed(settings)}" for name, settings in report["decodings"].items())
         return f"{head}, model {report['model']}; decodings (changes from greedy): {configs}"
-    return f"{head}, decoding {json.dumps(report['decoding'])}, reference {report['reference']}"
+    judged = ("win rates by the judge; LC win: at equal length" if report["win_judged_by"] == "judge" else
+              "win rates by the proxy, the RM that PPO optimised (no --judge given: PPO wins by construction)")
+    return f"{head}, decoding {json.dumps(report['decoding'])}, reference {report['reference']}; {judged}"
 
 
 def _changed(settings: dict) -> str:
@@ -81,12 +93,14 @@ def csv_text(report: dict) -> str:
     return buffer.getvalue()
 
 
-# metrics.jsonl keys drawn per panel: (title, [(stage log key, label)])
+# metrics.jsonl keys drawn per panel: (title, x key, [(y key, label)])
 CURVES = [
-    ("loss", [("loss", "train loss"), ("eval_loss", "eval loss")]),
-    ("RM accuracy", [("eval_accuracy", "eval accuracy"), ("eval_accuracy_0v1", "eval 0v1")]),
-    ("PPO reward", [("rm_score", "RM score"), ("total_reward", "total reward")]),
-    ("PPO KL", [("kl", "KL to reference")]),
+    ("loss", "step", [("loss", "train loss"), ("eval_loss", "eval loss")]),
+    ("RM accuracy", "step", [("eval_accuracy", "eval accuracy"), ("eval_accuracy_0v1", "eval 0v1")]),
+    ("PPO reward", "step", [("rm_score", "RM score"), ("total_reward", "total reward")]),
+    ("PPO KL", "step", [("kl", "KL to reference")]),
+    # Over-optimisation (Gao et al. 2023): on held-out prompts, where proxy and judge part as the policy moves away.
+    ("PPO held-out: proxy and judge vs KL", "eval_kl", [("eval_proxy_score", "proxy"), ("eval_judge_score", "judge")]),
 ]
 
 
@@ -98,16 +112,16 @@ def plot_curves(stage_dirs: dict[str, Path], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
-    for axis, (title, keys) in zip(axes, CURVES):
+    for axis, (title, x_key, keys) in zip(axes, CURVES):
         for stage, directory in stage_dirs.items():
             log = directory / "metrics.jsonl"
             lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
             for key, label in keys:
-                points = [(line["step"], line[key]) for line in lines if key in line]
+                points = [(line[x_key], line[key]) for line in lines if key in line and x_key in line]
                 if points:
                     axis.plot(*zip(*points), marker="." if len(points) < 30 else None, label=f"{stage}: {label}")
-        axis.set_title(title)
-        axis.set_xlabel("step")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("KL to the SFT model (held-out)" if x_key == "eval_kl" else "step")
         if axis.has_data():
             axis.legend(fontsize=7)
     figure.tight_layout()

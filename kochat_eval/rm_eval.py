@@ -12,6 +12,8 @@ from transformers import EvalPrediction
 from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind
+from kochat_eval.judging import shortcut_margins
+from kochat_train.objectives import pair_accuracies
 from kochat_train.rm import PAIR_COLUMNS, PairCollator, ScalarRewardModel, pair_metrics, tokenize_pairs
 from kochat_eval.scoring import DEFAULT_MAX_LENGTH, training_max_length
 from kochat_train.runtime import load_stage_data, require_rows, resolve_device
@@ -56,4 +58,13 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
     metrics = pair_metrics(EvalPrediction(predictions=rewards_array, label_ids=ranks_array))
     metrics["roc_auc"] = margin_auc(rewards_array[:, 0] - rewards_array[:, 1])
     metrics["pairs"] = int(len(rewards_array))
-    return {"model": str(model_dir), "data": str(data_dir), "max_length": max_length, **metrics}
+    shortcuts = {name: pair_accuracies(margins, ranks_array)
+                 for name, margins in shortcut_margins(pairs["prompt"], pairs["chosen"], pairs["rejected"]).items()}
+    return {"model": str(model_dir), "data": str(data_dir), "max_length": max_length, **metrics, "shortcuts": shortcuts,
+            "beats_every_shortcut": beats_every_shortcut(metrics, shortcuts)}
+
+
+def beats_every_shortcut(metrics: dict, shortcuts: dict[str, dict]) -> dict[str, bool]:
+    """Per accuracy (overall and per rank pair): is the model strictly above the best rule that needs no model?"""
+    return {key: bool(metrics[key] > max(rule[key] for rule in shortcuts.values()))
+            for key in metrics if key.startswith("accuracy")}

@@ -1,8 +1,10 @@
 """`kochat eval stages`: every stage answers the same held-out prompts with one decoding config and seed.
 
 The prompts are the eval split of the PPO prompts: by the build's split rule no stage ever
-trained on them. Each response is scored by one reward model; KL and win rate are measured
-against the reference stage (SFT by default).
+trained on them. Each response is scored by the proxy reward model (the one PPO optimised) and,
+when given, by a judge reward model that PPO never saw: a policy that games the proxy looks best
+by the proxy's own score (Gao et al. 2023), so win rates are read from the judge whenever there
+is one. KL and win rates are measured against the reference stage (SFT by default).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind
 from kochat_data.text import hangul_ratio
+from kochat_eval.judging import length_controlled_win_rate, paired_bootstrap_win_rate
 from kochat_eval.metrics import bootstrap_ci, repetition_metrics, split_units
 from kochat_train.rm import ScalarRewardModel
-from kochat_train.rollout import decoding_config, generate, response_logits, response_texts, token_logprobs
+from kochat_train.rollout import Rollout, decoding_config, generate, response_logits, response_texts, token_logprobs
 from kochat_train.runtime import load_stage_data, resolve_device
 from kochat_train.sources import inference_dtype, load_causal_lm, load_reward_model, load_tokenizer, require_same_tokenizer
 
@@ -35,6 +38,7 @@ class StageEvalConfig:
     stages: dict[str, Path]
     reward_model: Path
     data: Path
+    judge: Path | None = None
     reference: str = "sft"
     max_prompts: int = 0
     batch_size: int = 32
@@ -57,10 +61,26 @@ class StageEvalConfig:
         return found
 
 
-def win_rate(scores: list[float], reference: list[float]) -> float:
-    """Share of prompts where a stage's RM score beats the reference's; a draw counts ½."""
-    wins = sum(1.0 if s > r else 0.5 if s == r else 0.0 for s, r in zip(scores, reference, strict=True))
-    return wins / len(scores) if scores else float("nan")
+class Referees:
+    """The proxy reward model and, when given, the judge: both score every response."""
+
+    def __init__(self, proxy: Path, judge: Path | None, device: str):
+        dtype = inference_dtype(device)
+        self.tokenizer = load_tokenizer(proxy)
+        self.models = {"proxy": ScalarRewardModel(load_reward_model(proxy, self.tokenizer, dtype=dtype)).to(device).eval()}
+        self.sources = {"proxy": proxy}
+        if judge is not None:
+            require_same_tokenizer(self.tokenizer, load_tokenizer(judge), proxy, judge)
+            self.models["judge"] = ScalarRewardModel(load_reward_model(judge, self.tokenizer, dtype=dtype)).to(device).eval()
+            self.sources["judge"] = judge
+
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+        require_same_tokenizer(self.tokenizer, tokenizer, self.sources["proxy"], source)
+
+    @torch.no_grad()
+    def score(self, rollout: Rollout) -> dict[str, list[float]]:
+        """`{proxy_score: […], judge_score: […]}` of each response."""
+        return {f"{name}_score": model(rollout.input_ids, rollout.attention_mask).tolist() for name, model in self.models.items()}
 
 
 def prompt_set_hash(prompts: list[str]) -> str:
@@ -70,7 +90,7 @@ def prompt_set_hash(prompts: list[str]) -> str:
 def eval_prompts(data: Path, limit: int) -> list[str]:
     prompts = list(load_stage_data(data, Kind.PPO, ["prompt"], "kochat eval stages")["eval"]["prompt"])
     if not prompts:
-        raise UsageError(f"{data}: the ppo eval split is empty; nothing to evaluate on")
+        raise UsageError(f"{data}: the ppo eval split is empty; nothing to evaluate on (build with --eval-ratio > 0)")
     return prompts[:limit] if limit > 0 else prompts
 
 
@@ -85,36 +105,36 @@ def compare_stages(config: StageEvalConfig) -> tuple[dict, list[dict]]:
     device = resolve_device(config.device)
     dtype = inference_dtype(device)
     prompts = eval_prompts(config.data, config.max_prompts)
-    rm_tokenizer = load_tokenizer(config.reward_model)
-    reward_model = ScalarRewardModel(load_reward_model(config.reward_model, rm_tokenizer, dtype=dtype)).to(device).eval()
+    referees = Referees(config.reward_model, config.judge, device)
     tokenizers = {name: load_tokenizer(directory) for name, directory in config.stages.items()}
     for name, tokenizer in tokenizers.items():  # every input checked before the first generation
-        require_same_tokenizer(rm_tokenizer, tokenizer, config.reward_model, f"{config.stages[name]} (stage {name!r})")
+        referees.check_tokenizer(tokenizer, f"{config.stages[name]} (stage {name!r})")
     reference = load_causal_lm(config.stages[config.reference], tokenizers[config.reference], dtype=dtype).to(device).eval()
     rows: dict[str, list[dict]] = {}
     with progress_bar() as progress:
         for name, directory in config.stages.items():
             policy = load_causal_lm(directory, tokenizers[name], dtype=dtype).to(device).eval()
             task = progress.add_task(f"eval {name}", total=len(prompts))
-            rows[name] = answer_prompts(policy, tokenizers[name], prompts, config.decoding, reward_model, config.batch_size,
-                                        config.max_length, config.seed, lambda done: progress.advance(task, done), reference)
-            for row in rows[name]:
-                row["stage"] = name
+            rows[name] = [{"stage": name, **row} for row in answer_prompts(
+                policy, tokenizers[name], prompts, config.decoding, referees, config.batch_size, config.max_length, config.seed,
+                lambda done: progress.advance(task, done), reference)]
+    judged_by = "judge" if config.judge is not None else "proxy"
     report = {
         "prompts": len(prompts), "prompt_set_sha256": prompt_set_hash(prompts), "seed": config.seed,
-        "decoding": config.decoding, "unit": config.unit, "reference": config.reference,
-        "reward_model": str(config.reward_model),
-        "stages": [stage_metrics(name, str(config.stages[name]), rows[name], rows[config.reference], config.unit) for name in rows],
+        "decoding": config.decoding, "unit": config.unit, "reference": config.reference, "win_judged_by": judged_by,
+        "reward_model": str(config.reward_model), "judge": None if config.judge is None else str(config.judge),
+        "stages": [stage_metrics(name, str(config.stages[name]), rows[name], rows[config.reference], config.unit, judged_by)
+                   for name in rows],
     }
     return report, [row for stage_rows in rows.values() for row in stage_rows]
 
 
 @torch.no_grad()
 def answer_prompts(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], decoding: dict,
-                   reward_model: ScalarRewardModel, batch_size: int, max_length: int, seed: int,
+                   referees: Referees, batch_size: int, max_length: int, seed: int,
                    advance: Callable[[int], None] = lambda done: None, reference: PreTrainedModel | None = None) -> list[dict]:
-    """Every prompt answered under `decoding` (settings of `decoding_config`) and scored by the reward
-    model; with a `reference`, also the KL of each response to it. Seeded, so every model or
+    """Every prompt answered under `decoding` (settings of `decoding_config`) and scored by the
+    referees; with a `reference`, also the KL of each response to it. Seeded, so every model or
     decoding answering the same prompts draws the same sampling noise."""
     settings = decoding_config(tokenizer, **decoding)
     temperature = decoding.get("temperature", 1.0)
@@ -124,38 +144,48 @@ def answer_prompts(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         batch = prompts[start : start + batch_size]
         rollout = generate(policy, tokenizer, batch, max_length, settings)
         mask = rollout.response_mask.float()
-        scores = reward_model(rollout.input_ids, rollout.attention_mask)
-        ended = rollout.ended_with_eos(tokenizer.eos_token_id)
+        scores = referees.score(rollout)
+        ended = rollout.ended_with_eos(tokenizer.eos_token_id).tolist()
         if reference is not None:  # KL between the distributions the responses were sampled from (tempered alike)
             logprobs = token_logprobs(response_logits(policy, rollout, temperature), rollout.response_ids)
             ref_logprobs = token_logprobs(response_logits(reference, rollout, temperature), rollout.response_ids)
-            kls = ((logprobs - ref_logprobs) * mask).sum(dim=1).tolist()
+            scores["kl"] = ((logprobs - ref_logprobs) * mask).sum(dim=1).tolist()
         copies = len(rollout.response_ids) // len(batch)
         for i, response in enumerate(response_texts(tokenizer, rollout)):
-            row = {"prompt": batch[i // copies], "response": response, "rm_score": scores[i].item(), "tokens": int(mask[i].sum()),
-                   "eos": bool(ended[i])}
-            rows.append(row if reference is None else {**row, "kl": kls[i]})
+            rows.append({"prompt": batch[i // copies], "response": response, **{key: values[i] for key, values in scores.items()},
+                         "tokens": int(mask[i].sum()), "eos": ended[i]})
         advance(len(batch))
     return rows
 
 
-def stage_metrics(name: str, directory: str, rows: list[dict], reference_rows: list[dict], unit: str) -> dict:
-    """The response metrics, with the win rate against and the KL to the reference stage."""
+def stage_metrics(name: str, directory: str, rows: list[dict], reference_rows: list[dict], unit: str, judged_by: str = "judge") -> dict:
+    """The response metrics, the KL to the reference stage, and the win rate against it by the
+    `judged_by` score (paired bootstrap CI over prompts; length-controlled)."""
     metrics = response_metrics(rows, unit)
-    return {"stage": name, "model": directory, **metrics,
-            "win_rate": win_rate([row["rm_score"] for row in rows], [row["rm_score"] for row in reference_rows]),
+    key = f"{judged_by}_score"
+    scores, reference = [row[key] for row in rows], [row[key] for row in reference_rows]
+    rate, low, high = paired_bootstrap_win_rate(scores, reference)
+    length_difference = [len(split_units(row["response"], unit)) - len(split_units(ref["response"], unit))
+                         for row, ref in zip(rows, reference_rows, strict=True)]
+    return {"stage": name, "model": directory, **metrics, "win_rate": rate, "win_rate_ci_low": low, "win_rate_ci_high": high,
+            "lc_win_rate": length_controlled_win_rate(scores, reference, length_difference),
             "kl": statistics.fmean(row["kl"] for row in rows)}
 
 
 def response_metrics(rows: list[dict], unit: str) -> dict:
-    """Score mean with its bootstrap CI, length, EOS rate, non-Hangul share and repetition of a set of responses."""
-    scores = [row["rm_score"] for row in rows]
+    """Score means with bootstrap CIs (proxy, and judge when scored), length, EOS rate, non-Hangul
+    share and repetition of a set of responses."""
+    scores = {}
+    for name in ("proxy", "judge"):
+        if f"{name}_score" in rows[0]:
+            values = [row[f"{name}_score"] for row in rows]
+            low, high = bootstrap_ci(values)
+            scores |= {f"{name}_score": statistics.fmean(values), f"{name}_score_ci_low": low, f"{name}_score_ci_high": high}
     units = [split_units(row["response"], unit) for row in rows]
     lengths = [len(u) for u in units]
     hangul = pl.DataFrame({"text": [row["response"] for row in rows]}).select(hangul_ratio(pl.col("text")).alias("ratio"))["ratio"]
-    low, high = bootstrap_ci(scores)
     return {
-        "rm_score": statistics.fmean(scores), "rm_score_ci_low": low, "rm_score_ci_high": high,
+        **scores,
         "length_mean": statistics.fmean(lengths), "length_median": statistics.median(lengths),
         "eos_rate": statistics.fmean(float(row["eos"]) for row in rows),
         "non_hangul_share": float((hangul < 0.5).mean()),

@@ -32,6 +32,15 @@ def pairwise_accuracy(margins: np.ndarray) -> float:
     return float(np.mean(margins > 0)) if len(margins) else float("nan")
 
 
+def pair_accuracies(margins: np.ndarray, ranks: np.ndarray) -> dict[str, float]:
+    """Accuracy overall and per (chosen rank, rejected rank) as `accuracy_{c}v{r}`; ranks is (N, 2)."""
+    metrics = {"accuracy": pairwise_accuracy(margins)}
+    for chosen_rank, rejected_rank in sorted({tuple(pair) for pair in ranks.tolist()}):
+        selected = (ranks[:, 0] == chosen_rank) & (ranks[:, 1] == rejected_rank)
+        metrics[f"accuracy_{chosen_rank}v{rejected_rank}"] = pairwise_accuracy(margins[selected])
+    return metrics
+
+
 def unigram_perplexity(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: int) -> float:
     """Perplexity on `eval_ids` of token frequencies in `train_ids`, add-one smoothed over the vocabulary."""
     counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64)

@@ -39,7 +39,12 @@ _RANK_SEED_STRIDE = 1_000_003  # keeps the sampling seeds of different processes
 @dataclass
 class PPOConfig(TrainConfig):
     sft: str | None = option(None, "SFT model directory: the actor and the frozen reference")
-    rm: str | None = option(None, "reward model directory: the frozen reward and the critic's initialisation")
+    rm: str | None = option(None, "reward model directory (the proxy): the frozen reward and the critic's initialisation")
+    judge: str | None = option(None, "reward model PPO never optimises (`kochat train rm --pairs judge`): it only scores the "
+                               "held-out responses of --eval-every, so the curves show where proxy and judge part")
+    eval_every: int = option(0, "every N steps (and before the first), answer a fixed set of held-out prompts and log their "
+                             "proxy and judge scores and KL (0: never)")
+    eval_prompts: int = option(64, "held-out prompts (the build's eval split) answered at each --eval-every")
     batch_size: int = option(16, "prompts per rollout (one PPO step)")
     mini_batch_size: int = option(8, "rollouts per gradient update")
     ppo_epochs: int = option(4, "passes over each rollout batch")
@@ -67,6 +72,8 @@ class PPOConfig(TrainConfig):
         found += [f"'{name}' is required" for name in ("sft", "rm") if not getattr(self, name)]
         if self.mini_batch_size < 1 or self.batch_size % max(self.mini_batch_size, 1):
             found.append(f"'mini_batch_size' ({self.mini_batch_size}) must divide 'batch_size' ({self.batch_size})")
+        if self.eval_every < 0 or self.eval_prompts < 1:
+            found.append(f"'eval_every' must be ≥ 0 and 'eval_prompts' ≥ 1, got {self.eval_every} and {self.eval_prompts}")
         for name in ("ppo_epochs", "max_new_tokens", "kl_horizon"):
             if getattr(self, name) < 1:
                 found.append(f"'{name}' must be ≥ 1, got {getattr(self, name)}")
@@ -100,13 +107,20 @@ class PPOTrainer:
         require_same_tokenizer(self.tokenizer, load_tokenizer(config.rm), config.sft, config.rm)
         self.critic = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer))
         self.reward_model = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer, dtype=inference_dtype(device))).requires_grad_(False)
+        self.judge = None
+        if config.judge:
+            require_same_tokenizer(self.tokenizer, load_tokenizer(config.judge), config.sft, config.judge)
+            self.judge = ScalarRewardModel(load_reward_model(config.judge, self.tokenizer, dtype=inference_dtype(device))).requires_grad_(False)
         runtime.maybe_apply_lora(self.actor, config)
         runtime.maybe_apply_lora(self.critic.model, config, heads=("score",))
-        for model in (self.actor, self.reference, self.critic, self.reward_model):
-            _disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
-            model.to(self.device)
+        for model in (self.actor, self.reference, self.critic, self.reward_model, self.judge):
+            if model is not None:
+                _disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
+                model.to(self.device)
         self.reference.eval()
         self.reward_model.eval()
+        if self.judge is not None:
+            self.judge.eval()
         runtime.broadcast_parameters([self.actor, self.critic])
         groups = [[p for p in model.parameters() if p.requires_grad] for model in (self.actor, self.critic)]
         self.trainable = [p for group in groups for p in group]
@@ -159,6 +173,30 @@ class PPOTrainer:
             "kl_coef": self.kl_coef,
         }
         return rollout, batch, stats
+
+    @torch.no_grad()
+    def evaluate(self, prompts: list[str]) -> dict[str, float]:
+        """Held-out prompts answered as in training: mean proxy score, judge score (if any), KL and length.
+
+        The sampling noise is the same at every evaluation and the training RNG is left as it was,
+        so evaluating changes nothing about the run.
+        """
+        self.actor.eval()
+        totals: dict[str, float] = {}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), self.autocast:
+            torch.manual_seed(self.config.seed)
+            for start in range(0, len(prompts), self.config.batch_size):
+                rollout = generate(self.actor, self.tokenizer, prompts[start : start + self.config.batch_size], self.config.max_length, self.decoding)
+                mask = rollout.response_mask.float()
+                logprobs = token_logprobs(response_logits(self.actor, rollout, self.config.temperature), rollout.response_ids)
+                ref_logprobs = token_logprobs(response_logits(self.reference, rollout, self.config.temperature), rollout.response_ids)
+                sums = {"eval_proxy_score": self.reward_model(rollout.input_ids, rollout.attention_mask).sum(),
+                        "eval_kl": ((logprobs - ref_logprobs) * mask).sum(), "eval_response_length": mask.sum()}
+                if self.judge is not None:
+                    sums["eval_judge_score"] = self.judge(rollout.input_ids, rollout.attention_mask).sum()
+                for key, value in sums.items():
+                    totals[key] = totals.get(key, 0.0) + value.item()
+        return {key: value / len(prompts) for key, value in totals.items()}
 
     def update(self, rollout: Rollout, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
         self.actor.train()
@@ -249,9 +287,9 @@ def ppo_steps(prompts: int, epochs: float, global_batch: int) -> int:
 
 def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runtime.StageResult:
     data = runtime.load_stage_data(config.data, Kind.PPO, ["prompt"], "kochat train ppo")
-    prompts = list(data["train"]["prompt"])
-    if not prompts:
-        raise UsageError(f"{config.data}: the ppo train split is empty; nothing to train on")
+    prompts = list(runtime.require_rows(data, "train", config.data, Kind.PPO, "nothing to train on")["prompt"])
+    held_out = list(runtime.require_rows(data, "eval", config.data, Kind.PPO, "--eval-every needs held-out prompts")["prompt"]
+                    if config.eval_every else [])[: config.eval_prompts]
     resume_from = _last_state(Path(config.out)) if config.resume else None
     if config.resume and resume_from is None:
         raise UsageError(f"{config.out}: nothing to resume (no {STATE_FILE} under {Path(config.out) / runtime.CHECKPOINTS})")
@@ -282,6 +320,7 @@ def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runti
     started, last = time.perf_counter(), {}
     with progress_bar(enabled=runtime.is_main_process()) as progress:
         task = progress.add_task("train ppo", total=steps, completed=start)
+        held_out_scores = _log_evaluation(trainer, held_out, out, 0) if config.eval_every and start == 0 else {}
         for step in range(start, steps):
             generator.manual_seed(config.seed * 100_003 + step)
             # Each process takes its own slice of the step's global batch of prompts.
@@ -300,16 +339,29 @@ def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runti
                 runtime.append_metrics(out / runtime.METRICS_FILE, last)
             progress.update(task, completed=step + 1,
                             description=f"train ppo · score {stats['rm_score']:.3f} · kl {stats['kl']:.3f}")
+            # Logged before the checkpoint of this step: a run resumed from it never evaluates this step again.
+            if config.eval_every and ((step + 1) % config.eval_every == 0 or step + 1 == steps):
+                held_out_scores = _log_evaluation(trainer, held_out, out, step + 1)
             if (step + 1) % config.save_steps == 0 or step + 1 == steps:
                 state = trainer.state(step + 1)
                 if runtime.is_main_process():
                     _save_state(out, state, config.save_total_limit)
+    last.update(held_out_scores)
     last["wall_seconds"] = round(time.perf_counter() - started, 1)
     result = runtime.save_stage(trainer.actor, trainer.tokenizer, config, "ppo", last)
     merge_lora(trainer.critic.model)
     if runtime.is_main_process():
         trainer.critic.model.save_pretrained(out / "critic")
     return result
+
+
+def _log_evaluation(trainer: PPOTrainer, prompts: list[str], out: Path, step: int) -> dict[str, float]:
+    """Over-optimisation watch: rank 0 answers the held-out prompts and logs the scores with the step."""
+    scores = trainer.evaluate(prompts) if runtime.is_main_process() else {}
+    if scores:
+        runtime.append_metrics(out / runtime.METRICS_FILE, {"stage": "ppo", "step": step, **scores})
+    runtime.barrier()
+    return scores
 
 
 def _save_state(out: Path, state: dict, keep: int) -> None:

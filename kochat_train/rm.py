@@ -12,8 +12,9 @@ from torch import nn
 from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from kochat_data.schema import Kind
+from kochat_data.split import judge_prompt_ids
 from kochat_train.config import TrainConfig, option
-from kochat_train.objectives import last_token_index, pairwise_accuracy, pairwise_loss, positions_from_mask
+from kochat_train.objectives import last_token_index, pair_accuracies, pairwise_loss, positions_from_mask
 from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
 from kochat_train.sources import capped_length, init_reward_model, load_tokenizer
@@ -22,12 +23,33 @@ from kochat_train.template import encode_examples
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "chosen_rank", "rejected_rank"]
 
 
+PAIR_SETS = ("all", "proxy", "judge")
+
+
 @dataclass
 class RewardConfig(TrainConfig):
     model: str | None = option(None, "backbone: an SFT or base directory or hub name (a reward model directory continues training)")
+    pairs: str = option("all", "train pairs: all; proxy (all but the judge share: the RM that PPO optimises); or judge "
+                        "(the judge share: an RM that referees the policy, never seen by the proxy)")
+    judge_share: float = option(0.5, "share of train prompts whose pairs belong to the judge, by a fixed hash of the prompt "
+                                "(the same in every run and for every seed)")
 
     def problems(self) -> list[str]:
-        return super().problems() + ([] if self.model else ["'model' is required (SFT or base directory, or hub name)"])
+        found = super().problems() + ([] if self.model else ["'model' is required (SFT or base directory, or hub name)"])
+        if self.pairs not in PAIR_SETS:
+            found.append(f"'pairs' must be one of {', '.join(PAIR_SETS)}, got {self.pairs!r}")
+        if not 0 < self.judge_share < 1:
+            found.append(f"'judge_share' must be in (0, 1), got {self.judge_share}")
+        return found
+
+
+def select_pairs(pairs: datasets.Dataset, which: str, judge_share: float) -> datasets.Dataset:
+    """The train pairs of the proxy or the judge share (prompt-grouped, disjoint), or all of them."""
+    if which == "all":
+        return pairs
+    judge = judge_prompt_ids(sorted(set(pairs["prompt_id"])), judge_share)
+    return pairs.filter(lambda ids: [(pid in judge) == (which == "judge") for pid in ids], input_columns="prompt_id",
+                        batched=True, keep_in_memory=True)
 
 
 class ScalarRewardModel(nn.Module):
@@ -104,16 +126,15 @@ def pair_metrics(prediction: EvalPrediction) -> dict[str, float]:
     """Accuracy (tie = wrong) and mean margin, overall and per (chosen rank, rejected rank)."""
     rewards, ranks = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
     margins = rewards[:, 0] - rewards[:, 1]
-    metrics = {"accuracy": pairwise_accuracy(margins), "mean_margin": float(margins.mean())}
-    for chosen_rank, rejected_rank in sorted({tuple(pair) for pair in ranks.tolist()}):
-        selected = (ranks[:, 0] == chosen_rank) & (ranks[:, 1] == rejected_rank)
-        metrics[f"accuracy_{chosen_rank}v{rejected_rank}"] = pairwise_accuracy(margins[selected])
-    return metrics
+    return {**pair_accuracies(margins, ranks), "mean_margin": float(margins.mean())}
 
 
 def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
-    data = runtime.load_stage_data(config.data, Kind.RM, PAIR_COLUMNS, "kochat train rm")
-    train_pairs = runtime.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on (records with all ranks tied give none)")
+    columns = PAIR_COLUMNS + ([] if config.pairs == "all" else ["prompt_id"])
+    data = runtime.load_stage_data(config.data, Kind.RM, columns, "kochat train rm")
+    data["train"] = select_pairs(data["train"], config.pairs, config.judge_share)
+    train_pairs = runtime.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on (records with all ranks tied give none"
+                                       + ("" if config.pairs == "all" else f"; or none in the {config.pairs} share") + ")")
     set_seed(config.seed)  # before the new score head is initialised
     tokenizer = load_tokenizer(config.model)
     backbone = init_reward_model(config.model, tokenizer)
@@ -131,4 +152,5 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         compute_metrics=pair_metrics,
     )
     metrics = runtime.fit(trainer, config, "rm", resume_from, callbacks)
+    metrics["train_pairs"] = len(train_pairs)
     return runtime.save_stage(backbone, tokenizer, config, "rm", metrics)

@@ -156,11 +156,18 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
 
 
 def drop_metrics_after(path: Path, step: int) -> None:
-    """Forget log lines of the interrupted run past the checkpoint: they will be logged again."""
+    """Forget log lines of the interrupted run past the checkpoint: they will be logged again.
+    A kill can cut the last line mid-write; a line that does not parse is that torn tail."""
     if path.exists():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) is not None and _step_of(line) <= step]
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def require_build_directory(data: Path) -> None:

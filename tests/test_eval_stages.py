@@ -2,18 +2,16 @@
 
 import json
 import math
+from html.parser import HTMLParser
 
 import pytest
 
 from kochat_eval.rm_eval import evaluate_rm, margin_auc
-from kochat_eval.stages import StageEvalConfig, compare_stages, win_rate
+from kochat_eval.stages import StageEvalConfig, compare_stages
 
-COLUMNS = {"rm_score", "rm_score_ci_low", "rm_score_ci_high", "win_rate", "kl", "length_mean", "length_median", "eos_rate",
-           "non_hangul_share", "distinct_1", "distinct_2", "seq_rep_4", "rep_w16", "loop_share"}
-
-
-def test_win_rate_counts_draws_as_half():
-    assert win_rate([1.0, 2.0, 3.0, 0.0], [0.5, 2.0, 4.0, -1.0]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+COLUMNS = {"proxy_score", "proxy_score_ci_low", "proxy_score_ci_high", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "lc_win_rate",
+           "kl", "length_mean", "length_median", "eos_rate", "non_hangul_share", "distinct_1", "distinct_2", "seq_rep_4", "rep_w16",
+           "loop_share"}
 
 
 def test_margin_auc():
@@ -39,17 +37,19 @@ def test_stage_eval_produces_all_columns(tiny_base, tiny_rm, sample_data, run_cl
     assert [stage["stage"] for stage in report["stages"]] == ["base", "sft"]
     for stage in report["stages"]:
         assert COLUMNS <= set(stage)
-        assert stage["rm_score_ci_low"] <= stage["rm_score"] <= stage["rm_score_ci_high"]
+        assert stage["proxy_score_ci_low"] <= stage["proxy_score"] <= stage["proxy_score_ci_high"]
     # the same model, prompts and seed → the same responses, KL 0 and a win rate of exactly ½
     base, sft = report["stages"]
-    assert base["kl"] == pytest.approx(0.0, abs=1e-5) and base["win_rate"] == 0.5 and base["rm_score"] == sft["rm_score"]
+    assert base["kl"] == pytest.approx(0.0, abs=1e-5) and base["win_rate"] == 0.5 and base["proxy_score"] == sft["proxy_score"]
+    assert base["lc_win_rate"] == 0.5 and report["win_judged_by"] == "proxy"
     assert len(generations) == 2 * report["prompts"] and len(report["prompt_set_sha256"]) == 16
 
     code, out, err = run_cli("eval", "stages", "--stage", f"sft={tiny_base}", "--reward-model", tiny_rm, "--data", sample_data,
                              "--max-new-tokens", "4", "--markdown", "--out", tmp_path / "eval")
     assert code == 0, err
-    assert out.startswith("| stage | RM score |") and report["prompt_set_sha256"] in out
-    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"report.json", "table.md", "report.csv", "generations.jsonl", "curves.png"}
+    assert out.startswith("| stage | proxy | proxy 95% CI | win |") and report["prompt_set_sha256"] in out
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"report.json", "table.md", "report.csv", "generations.jsonl", "curves.png",
+                                                               "report.html"}
     code, _, err = run_cli("eval", "stages", "--stage", "sft", "--reward-model", tiny_rm, "--data", sample_data)
     assert code == 2 and "expected NAME=DIR" in err
 
@@ -84,3 +84,39 @@ def test_eval_rm_reads_texts_at_the_length_the_model_was_trained_with(tiny_rm, s
     assert json.loads((tiny_rm / "kochat_config.json").read_text())["max_length"] == 64
     assert evaluate_rm(tiny_rm, sample_data, batch_size=8)["max_length"] == 64
     assert evaluate_rm(tiny_rm, sample_data, batch_size=8, max_length=4096)["max_length"] == 64  # the base model's 64 positions
+
+
+class PageParts(HTMLParser):
+    """Text, table headers and every URL a page would load or link."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls, self.headers, self.text, self._in_header = [], [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+        self._in_header = tag == "th"
+
+    def handle_endtag(self, tag):
+        self._in_header = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_header:
+            self.headers.append(data)
+
+
+def test_judged_stage_table_and_a_self_contained_report(tiny_base, tiny_rm, sample_data, run_cli, tmp_path):
+    code, out, err = run_cli("eval", "stages", "--stage", f"base={tiny_base}", "--stage", f"sft={tiny_base}", "--reward-model", tiny_rm,
+                             "--judge", tiny_rm, "--data", sample_data, "--max-new-tokens", 6, "--json", "--out", tmp_path / "eval")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["win_judged_by"] == "judge" and {"judge_score", "judge_score_ci_low", "lc_win_rate"} <= set(report["stages"][0])
+    page = PageParts()
+    page.feed((tmp_path / "eval" / "report.html").read_text(encoding="utf-8"))
+    text = "".join(page.text)
+    assert page.urls and all(url.startswith("data:image/png;base64,") for url in page.urls)  # the curves, inline; nothing fetched
+    assert "http" not in "".join(page.urls) and "<link" not in (tmp_path / "eval" / "report.html").read_text()
+    prompts = {row["prompt"] for row in map(json.loads, (tmp_path / "eval" / "generations.jsonl").read_text().splitlines())}
+    assert len(prompts) == report["prompts"] and all(prompt in text for prompt in prompts)
+    assert {"base", "sft", "Δ judge: base − sft"} <= set(page.headers)

@@ -123,3 +123,18 @@ def test_truncated_sampling_in_ppo_is_flagged(run_cli, tiny_base, tiny_rm, sampl
     code, _, err = run_cli("train", "ppo", "--data", sample_data, "--sft", tiny_base, "--rm", tiny_rm, "--out", tmp_path / "ppo",
                            "--max-steps", "1", "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4", "--top-k", "5")
     assert code == 0 and "warning: top_k=5, top_p=1.0" in err and "off-policy" in err
+
+
+def test_held_out_proxy_and_judge_are_logged_without_changing_the_run(tiny_base, tiny_rm, sample_data, tmp_path):
+    settings = dict(max_steps=3, batch_size=4, mini_batch_size=2)
+    plain = train_ppo(ppo_config(sample_data, tiny_base, tiny_rm, tmp_path / "plain", **settings))
+    watched = train_ppo(ppo_config(sample_data, tiny_base, tiny_rm, tmp_path / "watched", judge=str(tiny_rm), eval_every=2, eval_prompts=3,
+                                   **settings))
+    lines = [json.loads(line) for line in (watched.out / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [line for line in lines if "eval_proxy_score" in line]
+    assert [line["step"] for line in evaluations] == [0, 2, 3]  # before training, every 2 steps, and at the end
+    assert {"eval_judge_score", "eval_kl", "eval_response_length"} <= set(evaluations[0]) and evaluations[0]["eval_kl"] == pytest.approx(0, abs=1e-5)
+    assert watched.metrics["eval_proxy_score"] == evaluations[-1]["eval_proxy_score"]
+    first = dict(AutoModelForCausalLM.from_pretrained(plain.out).named_parameters())
+    second = dict(AutoModelForCausalLM.from_pretrained(watched.out).named_parameters())
+    assert all(torch.equal(first[name], second[name]) for name in first)  # evaluating left the training RNG alone

@@ -131,7 +131,7 @@ def test_eval_decoding_has_a_row_per_config_with_every_column(run_cli, tiny_base
     config = DecodingEvalConfig(model=tiny_base, reward_model=tiny_rm, data=sample_data, max_prompts=3, max_new_tokens=6,
                                 decodings={name: NOTEBOOK_DECODINGS[name] for name in ("greedy", "beam10-norepeat2", "sampling")})
     report, generations = compare_decodings(config)
-    columns = {"rm_score", "rm_score_ci_low", "rm_score_ci_high", "length_mean", "length_median", "eos_rate", "non_hangul_share",
+    columns = {"proxy_score", "proxy_score_ci_low", "proxy_score_ci_high", "length_mean", "length_median", "eos_rate", "non_hangul_share",
                "distinct_1", "distinct_2", "seq_rep_4", "rep_w16", "loop_share"}
     assert [row["stage"] for row in report["stages"]] == ["greedy", "beam10-norepeat2", "sampling"]
     assert all(columns <= set(row) for row in report["stages"])
@@ -143,8 +143,8 @@ def test_eval_decoding_has_a_row_per_config_with_every_column(run_cli, tiny_base
                              "--max-new-tokens", 4, "--decoding", "b2=num_beams=2", "--decoding", "t07=do_sample=true,temperature=0.7",
                              "--markdown", "--out", tmp_path / "decoding")
     assert code == 0, err
-    assert out.startswith("| stage | RM score | 95% CI | length |") and "| b2 |" in out and "| t07 |" in out
-    assert {p.name for p in (tmp_path / "decoding").iterdir()} == {"report.json", "table.md", "report.csv", "generations.jsonl"}
+    assert out.startswith("| stage | proxy | proxy 95% CI | length |") and "| b2 |" in out and "| t07 |" in out
+    assert {p.name for p in (tmp_path / "decoding").iterdir()} == {"report.json", "table.md", "report.csv", "generations.jsonl", "report.html"}
     code, _, err = run_cli("eval", "decoding", "--model", tiny_base, "--reward-model", tiny_rm, "--data", sample_data,
                            "--decoding", "bad=num_beams=0")
     assert code == 2 and "--decoding bad: num_beams must be ≥ 1" in err

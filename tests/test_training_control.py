@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPT2
 from conftest import TINY
 from kochat_train.rm import ScalarRewardModel
 from kochat_train.lora import apply_lora
-from kochat_train.runtime import TrainingDiverged, planned_steps, training_arguments
+from kochat_train.runtime import TrainingDiverged, drop_metrics_after, planned_steps, training_arguments
 from kochat_train.sft import SFTConfig, tokenize_sft, train_sft
 from kochat_train.sources import init_reward_model, load_tokenizer
 
@@ -170,3 +170,10 @@ def test_warmup_is_a_share_of_the_run_and_min_steps_repeats_small_data():
     assert planned_steps(rows=54, config=SFTConfig(data="d", out="o", model="m", batch_size=16, min_steps=3), world=2) == 3
     arguments = training_arguments(config, 54)
     assert (arguments.max_steps, arguments.warmup_steps) == (40, 0.1)
+
+
+def test_resume_forgets_a_metrics_line_torn_by_a_kill(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.2}\n{"step": 4, "lo', encoding="utf-8")
+    drop_metrics_after(log, step=3)
+    assert log.read_text(encoding="utf-8") == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.2}\n'
