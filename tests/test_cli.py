@@ -77,3 +77,16 @@ def test_message_lines_are_never_wrapped_off_a_terminal(tmp_path):
     assert result.returncode == 1
     [summary] = result.stdout.splitlines()
     assert summary == f"invalid {deep}: 2 sft records (json-array), 1 invalid" and len(summary) > 80
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    records = [{"prompt": f"질문 {n}", "completion": n} for n in range(5000)]  # every one invalid: > 64 KiB of JSON to print
+    path = write_array(tmp_path / "sft.json", records)
+    with (tmp_path / "stderr").open("wb") as errors:
+        reader = subprocess.Popen([sys.executable, "-m", "kochat", "data", "validate", "--kind", "sft", "--json", str(path)], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=errors)
+        reader.stdout.readline()
+        reader.stdout.close()  # as `| head -1` does
+        reader.wait(timeout=120)
+    err = (tmp_path / "stderr").read_text(encoding="utf-8")
+    assert reader.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err
