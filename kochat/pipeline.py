@@ -28,7 +28,8 @@ REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 # Settings sized for the shared KoChatGPT-style data on 2 CPU cores (~25 min). On a small
 # dataset such as the sample the epochs give a handful of updates; min_steps repeats it until
-# each stage has had enough to learn, and warmup is a share of whatever the run turns out to be.
+# each stage has had enough to learn, and warmup is a share of whatever the run turns out to be
+# (the base, from random weights, warms up over 30%: 5% cost it 15% in held-out perplexity).
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "train_base": {"max_length": 128, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.3, "min_steps": 50},
     "train_sft": {"max_length": 128, "epochs": 2, "batch_size": 16, "learning_rate": 5e-4, "warmup_ratio": 0.05, "min_steps": 40},

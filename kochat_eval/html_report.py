@@ -7,7 +7,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from kochat_eval.report import _cells, _columns, caption
+from kochat_eval.report import caption, table_cells, table_columns
 
 STYLE = """
 body { font-family: "Noto Sans CJK KR", "Noto Sans KR", sans-serif; margin: 2em; color: #222; }
@@ -41,13 +41,13 @@ def render_html(report: dict, generations: list[dict], curves: Path | None = Non
     names = [row["stage"] for row in report["stages"]]
     reference = report.get("reference") if report.get("reference") in names else names[0]
     score = "judge_score" if generations and "judge_score" in generations[0] else "proxy_score"
-    columns = _columns(report)
+    columns = table_columns(report)
     parts = [f"<!DOCTYPE html><html lang=\"ko\"><head><meta charset=\"utf-8\"><title>{escape(report.get('title', 'kochat stage comparison'))}</title>",
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{escape(report.get('title', 'kochat stage comparison'))}</h1><p>{escape(caption(report))}</p>",
              "<table><thead><tr>" + "".join(f"<th>{escape(header)}</th>" for _, header, _ in columns) + "</tr></thead><tbody>"]
     for stage in report["stages"]:
-        parts.append("<tr>" + "".join(f"<td class=\"num\">{escape(cell)}</td>" for cell in _cells(stage, columns)) + "</tr>")
+        parts.append("<tr>" + "".join(f"<td class=\"num\">{escape(cell)}</td>" for cell in table_cells(stage, columns)) + "</tr>")
     parts.append("</tbody></table>")
     if curves is not None and curves.exists():
         encoded = base64.b64encode(curves.read_bytes()).decode("ascii")

@@ -36,13 +36,13 @@ COLUMNS = [
 ]
 
 
-def _columns(report: dict) -> list[tuple[str, str, str]]:
+def table_columns(report: dict) -> list[tuple[str, str, str]]:
     """The columns this report has (no judge: no judge columns; a decoding comparison: no KL, no win rate)."""
     first = report["stages"][0]
     return [column for column in COLUMNS if column[0] in first or f"{column[0]}_low" in first]
 
 
-def _cells(stage: dict, columns: list[tuple[str, str, str]]) -> list[str]:
+def table_cells(stage: dict, columns: list[tuple[str, str, str]]) -> list[str]:
     cells = []
     for key, _, fmt in columns:
         values = (stage[f"{key}_low"], stage[f"{key}_high"]) if key.endswith("_ci") else (stage[key],)
@@ -67,19 +67,19 @@ def _changed(settings: dict) -> str:
 
 
 def rich_table(report: dict) -> Table:
-    columns = _columns(report)
+    columns = table_columns(report)
     table = Table(title=report.get("title", "kochat stage comparison"), caption=caption(report))
     for _, header, _ in columns:
         table.add_column(header, justify="left" if header == "stage" else "right")
     for stage in report["stages"]:
-        table.add_row(*_cells(stage, columns))
+        table.add_row(*table_cells(stage, columns))
     return table
 
 
 def markdown(report: dict) -> str:
-    columns = _columns(report)
+    columns = table_columns(report)
     lines = ["| " + " | ".join(header for _, header, _ in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cells(stage, columns)) + " |" for stage in report["stages"]]
+    lines += ["| " + " | ".join(table_cells(stage, columns)) + " |" for stage in report["stages"]]
     return "\n".join(lines) + f"\n\n{caption(report)}\n"
 
 
