@@ -14,7 +14,7 @@ from kochat_data.errors import KochatError, UsageError
 # is imported, so `kochat data …` starts without them. (module, its register function, help)
 COMMANDS = {
     "data": ("kochat_data.cli", "register", "validate, build, pair and describe datasets"),
-    "train": ("kochat_train.cli", "register", "train the base, SFT, reward model and PPO stages"),
+    "train": ("kochat_train.cli", "register", "train the base, SFT, reward model, PPO and DPO stages"),
     "eval": ("kochat_eval.cli", "register", "reward model accuracy, the stage and the decoding comparisons"),
     "generate": ("kochat.talk", "register_generate", "responses of a trained model to prompts"),
     "chat": ("kochat.talk", "register_chat", "chat with a trained model in the terminal"),
@@ -33,7 +33,7 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
         command_parser = packages.add_parser(name, help=help_text)
         if name == package:
             getattr(importlib.import_module(module), register)(command_parser)
-    pipeline = packages.add_parser("pipeline", help="build → base → SFT → RM → PPO → stage comparison in one go")
+    pipeline = packages.add_parser("pipeline", help="build → base → SFT → proxy and judge RMs → PPO and DPO → stage comparison in one go")
     pipeline.add_argument("--data-dir", type=Path, metavar="DIR", help="a directory with *_1_SFT*, *_2_RM*, *_3_PPO* files (default: data/sample)")
     for kind in ("sft", "rm", "ppo"):
         pipeline.add_argument(f"--{kind}", action="append", type=Path, metavar="FILE", help=f"{kind.upper()} input file (repeatable)")
@@ -41,7 +41,7 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     pipeline.add_argument("--preset", help="base model size when no --model (default: small)")
     pipeline.add_argument("--out", type=Path, metavar="DIR", help="default: runs/sample")
     pipeline.add_argument("--seed", type=int)
-    pipeline.add_argument("--config", type=Path, metavar="FILE", help="JSON/TOML: the fields above plus [train_base] … [eval] sections")
+    pipeline.add_argument("--config", type=Path, metavar="FILE", help="JSON/TOML: the fields above plus [train_base] … [train_dpo], [eval] sections")
     pipeline.add_argument("--force", action="store_true", help="rerun finished stages too")
     pipeline.set_defaults(run=run_pipeline_command)
     return parser

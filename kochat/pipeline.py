@@ -1,7 +1,7 @@
-"""`kochat pipeline`: build → base → SFT → proxy and judge RMs → PPO → stage comparison, reusing finished stages.
+"""`kochat pipeline`: build → base → SFT → proxy and judge RMs → PPO and DPO → stage comparison, reusing finished stages.
 
 Stage settings are the defaults below, overridden per stage from a config file with sections
-`[train_base]`, `[train_sft]`, `[train_rm]`, `[train_ppo]` and `[eval]`.
+`[train_base]`, `[train_sft]`, `[train_rm]`, `[train_ppo]`, `[train_dpo]` and `[eval]`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from kochat_eval.rm_eval import evaluate_rm
 from kochat_eval.stages import StageEvalConfig, compare_stages
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.config import read_config_file, resolve_config
+from kochat_train.dpo import DPOConfig, train_dpo
 from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.rm import RewardConfig, train_rm
 from kochat_train.runtime import STAGE_FILE
@@ -36,6 +37,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "train_rm": {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 3e-4, "warmup_ratio": 0.05, "min_steps": 40},
     "train_ppo": {"max_length": 128, "max_steps": 100, "batch_size": 16, "mini_batch_size": 8, "learning_rate": 5e-5, "kl_coef": 0.05,
                   "eval_every": 20, "eval_prompts": 64},
+    "train_dpo": {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 5e-5, "warmup_ratio": 0.05, "min_steps": 40},
     "eval": {"max_prompts": 256},
 }
 SHARED = {"logging_steps": 50, "save_steps": 1000}
@@ -109,9 +111,13 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
     trained["ppo"] = _stage(config, "ppo", lambda o: train_ppo(resolve_config(
         PPOConfig, data=data, out=o, sft=str(trained["sft"]), rm=str(trained["rm"]), judge=str(trained["judge"]), seed=config.seed,
         overwrite=True, **config.settings("train_ppo"))), announce)
+    # DPO learns from the proxy's pairs too, so the judge referees both on prompts neither saw.
+    trained["dpo"] = _stage(config, "dpo", lambda o: train_dpo(resolve_config(
+        DPOConfig, data=data, out=o, model=str(trained["sft"]), seed=config.seed, overwrite=True, pairs="proxy",
+        **config.settings("train_dpo"))), announce)
     announce("eval: both reward models on the held-out pairs, then every stage on the held-out prompts")
     reward_models = {name: evaluate_rm(trained[name], data) for name in ("rm", "judge")}
-    compared = {name: trained[name] for name in ("base", "sft", "ppo") if name in trained}
+    compared = {name: trained[name] for name in ("base", "sft", "ppo", "dpo") if name in trained}
     report, generations = compare_stages(StageEvalConfig(stages=compared, reward_model=trained["rm"], judge=trained["judge"], data=data,
                                                          **config.settings("eval")))
     report["reward_models"] = reward_models

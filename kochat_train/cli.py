@@ -12,6 +12,7 @@ import transformers
 from rich.console import Console
 
 from kochat_train.base import BaseConfig, train_base
+from kochat_train.dpo import DPOConfig, train_dpo
 from kochat_train.config import field_type, resolve_config
 from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.rm import RewardConfig, train_rm
@@ -25,6 +26,7 @@ STAGES = {
     "sft": (SFTConfig, train_sft, "supervised fine-tuning on the KoChatGPT template"),
     "rm": (RewardConfig, train_rm, "reward model on the chosen/rejected pairs"),
     "ppo": (PPOConfig, train_ppo, "PPO against the reward model, KL-penalised toward the SFT model"),
+    "dpo": (DPOConfig, train_dpo, "direct preference optimisation on the RM pairs, from an SFT model (no reward model, no sampling)"),
 }
 
 

@@ -48,6 +48,36 @@ def unigram_perplexity(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: 
     return math.exp(-log_probs[eval_ids].mean())
 
 
+# DPO (Rafailov et al. 2023; IPO: Azar et al. 2023). A sequence's log-prob is summed (or, length-
+# normalised, averaged) over its response tokens and EOS; labels are −100 on prompt and padding.
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, length_normalize: bool = False) -> torch.Tensor:
+    """log p(response + EOS | prompt) per row from next-token logits. (B, T, V), (B, T) → (B,)"""
+    targets = labels[:, 1:]
+    counted = targets != -100
+    token_logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    total = (token_logprobs * counted).sum(dim=1)
+    return total / counted.sum(dim=1).clamp(min=1) if length_normalize else total
+
+
+def dpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DPO loss over pairs and the implicit rewards β·(log π − log π_ref) of chosen and rejected.
+
+    With Δ = (log π_c − log π_r) − (log π_ref,c − log π_ref,r): sigmoid −log σ(β·Δ); ipo (Δ − 1/(2β))².
+    """
+    delta = (chosen - rejected) - (ref_chosen - ref_rejected)
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * delta)
+    elif loss_type == "ipo":
+        losses = (delta - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"loss_type must be sigmoid or ipo, got {loss_type!r}")
+    return losses.mean(), beta * (chosen - ref_chosen).detach(), beta * (rejected - ref_rejected).detach()
+
+
 # PPO. Tensors are (B, R): one row per rollout, one column per response token; `mask` is 1 on
 # real response tokens (up to and including the first EOS) and 0 after.
 

@@ -115,7 +115,7 @@ class PPOTrainer:
         runtime.maybe_apply_lora(self.critic.model, config, heads=("score",))
         for model in (self.actor, self.reference, self.critic, self.reward_model, self.judge):
             if model is not None:
-                _disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
+                runtime.disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
                 model.to(self.device)
         self.reference.eval()
         self.reward_model.eval()
@@ -261,12 +261,6 @@ class PPOTrainer:
             torch.manual_seed(self.config.seed + _RANK_SEED_STRIDE * rank + state["step"])  # seeds CUDA too
         self.kl_coef = state["kl_coef"]
         return state["step"]
-
-
-def _disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 def prompt_batch(prompts: list[str], step: int, batch_size: int, seed: int) -> list[str]:

@@ -329,6 +329,14 @@ class StageResult:
     metrics: dict[str, Any]
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """No dropout: log-probs that are compared across forwards (PPO's ratio, DPO's against the
+    reference) must come from the same function."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def maybe_apply_lora(model: PreTrainedModel, config: TrainConfig, heads: tuple[str, ...] = ()) -> None:
     if config.lora_rank > 0:
         apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, trainable_heads=heads)

@@ -62,14 +62,15 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path, run_cli):
         '[train_sft]\nmax_steps = 2\nmax_length = 64\n'
         '[train_rm]\nmax_steps = 2\nmax_length = 64\n'
         '[train_ppo]\nmax_steps = 2\nbatch_size = 4\nmini_batch_size = 2\nmax_new_tokens = 8\nmax_length = 64\n'
+        '[train_dpo]\nmax_steps = 2\nmax_length = 64\n'
         '[eval]\nmax_prompts = 4\n'
     )
     code, out, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run")
     assert code == 0, err
-    for stage in ("base", "sft", "rm", "ppo"):
+    for stage in ("base", "sft", "rm", "judge", "ppo", "dpo"):
         assert (tmp_path / "run" / stage / "kochat_stage.json").exists()
     report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
-    assert [s["stage"] for s in report["stages"]] == ["base", "sft", "ppo"] and report["prompts"] == 4
+    assert [s["stage"] for s in report["stages"]] == ["base", "sft", "ppo", "dpo"] and report["prompts"] == 4
     assert "kochat stage comparison" in out
 
     stamp = (tmp_path / "run" / "sft" / "model.safetensors").stat().st_mtime_ns
