@@ -93,13 +93,19 @@ def pair_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor], length
 
 
 def with_reference_logprobs(pairs: datasets.Dataset, reference: PreTrainedModel, collate: PreferenceCollator, config: DPOConfig) -> datasets.Dataset:
-    """The pairs with `ref_chosen` and `ref_rejected`: the frozen reference's log-probs, in one pass."""
+    """The pairs with `ref_chosen` and `ref_rejected`: the frozen reference's log-probs, in one pass.
+
+    The pass walks the pairs shortest first, so each batch pads to rows of about its own length
+    (in dataset order it padded to the longest of random lengths and cost as much as training).
+    """
     device = next(reference.parameters()).device
-    values = []
+    order = np.argsort(np.asarray(pairs["length"]), kind="stable")
+    chosen, rejected = np.zeros(len(pairs)), np.zeros(len(pairs))
     for start in range(0, len(pairs), config.eval_batch_size):
-        batch = collate(list(pairs.select(range(start, min(start + config.eval_batch_size, len(pairs))))))
-        values.append(pair_logprobs(reference, {key: value.to(device) for key, value in batch.items()}, config.length_normalize).cpu())
-    chosen, rejected = torch.cat([v.view(2, -1) for v in values], dim=1) if values else (torch.zeros(0), torch.zeros(0))
+        rows = order[start : start + config.eval_batch_size]
+        batch = collate(list(pairs.select(rows)))
+        values = pair_logprobs(reference, {key: value.to(device) for key, value in batch.items()}, config.length_normalize).cpu()
+        chosen[rows], rejected[rows] = values.view(2, -1).double().numpy()
     return pairs.add_column("ref_chosen", chosen.tolist()).add_column("ref_rejected", rejected.tolist())
 
 
