@@ -184,7 +184,7 @@ def run_chat(args: argparse.Namespace) -> int:
         except EOFError:
             break
         except KeyboardInterrupt:
-            print(f"\n(/exit or Ctrl-D quits)", file=sys.stderr)
+            print("\n(/exit or Ctrl-D quits)", file=sys.stderr)
             continue
         if not message:
             continue
