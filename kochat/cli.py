@@ -60,7 +60,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from kochat.pipeline import load_pipeline_config, run_pipeline
-    from kochat_eval.cli import rm_table
+    from kochat_eval.cli import rm_table, shortcut_warnings
     from kochat_eval.report import rich_table
 
     datasets.disable_progress_bars()
@@ -72,12 +72,10 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {line}"))
     wide = Console(width=max(Console().width, 170))
-    for name, result in report["reward_models"].items():
+    for result in report["reward_models"].values():
         wide.print(rm_table(result))
-        for key, beaten in result["beats_every_shortcut"].items():
-            if not beaten:
-                console.print(f"warning: the {'proxy' if name == 'rm' else name} reward model does not beat the best rule that "
-                              f"needs no model on {key.removeprefix('accuracy_') if key != 'accuracy' else 'all pairs'}", markup=False)
+        for line in shortcut_warnings(result):
+            console.print(line, markup=False)
     wide.print(rich_table(report))
     console.print(f"outputs in {config.out} (table: {config.out / 'eval' / 'table.md'}); {time.perf_counter() - started:.0f} s")
     return 0

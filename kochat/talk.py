@@ -232,7 +232,8 @@ def run_score(args: argparse.Namespace) -> int:
 
     table = Table(title=f"rewards from {args.model}")
     for header in ("#", "prompt", "response", "reward"):
-        table.add_column(header, justify="right" if header in ("#", "reward") else "left", no_wrap=header in ("#", "reward"))
+        numeric = header in ("#", "reward")  # numbers never wrap; texts fold whole rather than lose words to "…"
+        table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric, overflow="ellipsis" if numeric else "fold")
     for number, (prompt, response, reward) in enumerate(zip(prompts, responses, rewards, strict=True), start=1):
         table.add_row(str(number), prompt, response, f"{reward:.4f}")
     Console().print(table)

@@ -95,17 +95,21 @@ def run_rm(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return 0
     console.print(rm_table(result))
-    for key, beaten in result["beats_every_shortcut"].items():
-        if not beaten:
-            console.print(f"warning: on {key.removeprefix('accuracy_') if key != 'accuracy' else 'all pairs'} the reward model does "
-                          f"not beat the best rule that needs no model ({args.model})", markup=False)
+    for line in shortcut_warnings(result):
+        console.print(line, markup=False)
     return 0
+
+
+def shortcut_warnings(result: dict) -> list[str]:
+    """One warning line per accuracy on which the reward model is not above the best rule that needs no model."""
+    return [f"warning: on {key.removeprefix('accuracy_') if key != 'accuracy' else 'all pairs'} the reward model does not beat "
+            f"the best rule that needs no model ({result['model']})" for key, beaten in result["beats_every_shortcut"].items() if not beaten]
 
 
 def rm_table(result: dict) -> Table:
     """Accuracy overall and per rank pair, for the reward model and each shortcut rule; ✗ marks
     where the model is not above the best rule."""
-    keys = [key for key in result["beats_every_shortcut"]]
+    keys = list(result["beats_every_shortcut"])
     table = Table(title=f"reward model {result['model']} on {result['pairs']} eval pairs (tie = wrong)",
                   caption=f"mean margin {result['mean_margin']:.3f}, ROC-AUC {result['roc_auc']:.3f}, max_length {result['max_length']}")
     table.add_column("scorer")

@@ -14,10 +14,9 @@ from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind
 from kochat_eval.judging import shortcut_margins
 from kochat_train.objectives import pair_accuracies
-from kochat_train.rm import PAIR_COLUMNS, PairCollator, ScalarRewardModel, pair_metrics, tokenize_pairs
-from kochat_eval.scoring import DEFAULT_MAX_LENGTH, training_max_length
-from kochat_train.runtime import load_stage_data, require_rows, resolve_device
-from kochat_train.sources import capped_length, inference_dtype, load_reward_model, load_tokenizer
+from kochat_eval.scoring import RewardScorer
+from kochat_train.rm import PAIR_COLUMNS, PairCollator, pair_metrics, tokenize_pairs
+from kochat_train.runtime import load_stage_data, require_rows
 
 
 def margin_auc(margins: np.ndarray) -> float:
@@ -39,12 +38,10 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
         raise UsageError(f"--batch-size and --max-length: expected integers ≥ 1, got {batch_size} and {max_length}")
     data = load_stage_data(data_dir, Kind.RM, PAIR_COLUMNS, "kochat eval rm")
     pairs = require_rows(data, "eval", data_dir, Kind.RM, "no held-out pairs to evaluate on")
-    tokenizer = load_tokenizer(model_dir)
-    device = resolve_device(device)
-    reward_model = ScalarRewardModel(load_reward_model(model_dir, tokenizer, dtype=inference_dtype(device))).to(device).eval()
-    max_length = capped_length(max_length or training_max_length(model_dir) or DEFAULT_MAX_LENGTH, reward_model.model)
-    features = tokenize_pairs(pairs, tokenizer, max_length)
-    collate = PairCollator(tokenizer)
+    scorer = RewardScorer(model_dir, device, max_length)
+    reward_model, device, max_length = scorer.model, scorer.device, scorer.max_length
+    features = tokenize_pairs(pairs, scorer.tokenizer, max_length)
+    collate = PairCollator(scorer.tokenizer)
     rewards, ranks = [], []
     with progress_bar() as progress:
         task = progress.add_task("scoring eval pairs", total=len(features))

@@ -27,10 +27,10 @@ from kochat_data.schema import Kind
 from kochat_data.text import hangul_ratio
 from kochat_eval.judging import length_controlled_win_rate, paired_bootstrap_win_rate
 from kochat_eval.metrics import bootstrap_ci, repetition_metrics, split_units
-from kochat_train.rm import ScalarRewardModel
+from kochat_eval.scoring import RewardScorer
 from kochat_train.rollout import Rollout, decoding_config, generate, response_logits, response_texts, token_logprobs
 from kochat_train.runtime import load_stage_data, resolve_device
-from kochat_train.sources import inference_dtype, load_causal_lm, load_reward_model, load_tokenizer, require_same_tokenizer
+from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer, require_same_tokenizer
 
 
 @dataclass
@@ -65,14 +65,12 @@ class Referees:
     """The proxy reward model and, when given, the judge: both score every response."""
 
     def __init__(self, proxy: Path, judge: Path | None, device: str):
-        dtype = inference_dtype(device)
-        self.tokenizer = load_tokenizer(proxy)
-        self.models = {"proxy": ScalarRewardModel(load_reward_model(proxy, self.tokenizer, dtype=dtype)).to(device).eval()}
-        self.sources = {"proxy": proxy}
+        scorers = {"proxy": RewardScorer(proxy, device)} | ({} if judge is None else {"judge": RewardScorer(judge, device)})
+        self.tokenizer = scorers["proxy"].tokenizer
+        self.sources = {"proxy": proxy, "judge": judge}
         if judge is not None:
-            require_same_tokenizer(self.tokenizer, load_tokenizer(judge), proxy, judge)
-            self.models["judge"] = ScalarRewardModel(load_reward_model(judge, self.tokenizer, dtype=dtype)).to(device).eval()
-            self.sources["judge"] = judge
+            require_same_tokenizer(self.tokenizer, scorers["judge"].tokenizer, proxy, judge)
+        self.models = {name: scorer.model for name, scorer in scorers.items()}
 
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
         require_same_tokenizer(self.tokenizer, tokenizer, self.sources["proxy"], source)
