@@ -7,6 +7,7 @@ A finished stage directory holds the `save_pretrained` model and tokenizer, `koc
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -52,6 +53,9 @@ def init_distributed(device: str) -> None:
         if device == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        # Leave the group before the interpreter tears it down: a gloo group destroyed at exit
+        # can abort a rank ("terminate called without an active exception") after its work is done.
+        atexit.register(dist.destroy_process_group)
 
 
 def is_main_process() -> bool:
