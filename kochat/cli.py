@@ -60,7 +60,9 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from kochat.pipeline import load_pipeline_config, run_pipeline
-    from kochat_eval.cli import rm_table, shortcut_warnings
+    from rich.markup import escape
+
+    from kochat_eval.cli import rm_table
     from kochat_eval.report import rich_table
 
     datasets.disable_progress_bars()
@@ -70,14 +72,13 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
                                   model=args.model, preset=args.preset, seed=args.seed, force=args.force)
     console = Console(stderr=True, soft_wrap=True)
     started = time.perf_counter()
-    report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {line}"))
+    report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {escape(line)}"))
     wide = Console(width=max(Console().width, 170))
     for result in report["reward_models"].values():
         wide.print(rm_table(result))
-        for line in shortcut_warnings(result):
-            console.print(line, markup=False)
     wide.print(rich_table(report))
-    console.print(f"outputs in {config.out} (table: {config.out / 'eval' / 'table.md'}); {time.perf_counter() - started:.0f} s")
+    warned = f"; {len(report['warnings'])} warning(s) above" if report["warnings"] else ""
+    console.print(f"outputs in {config.out} (table: {config.out / 'eval' / 'table.md'}); {time.perf_counter() - started:.0f} s{warned}")
     return 0
 
 

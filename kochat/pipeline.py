@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kochat.checks import table_warnings, trained_stage_warnings
 from kochat_data.build import BuildConfig, build
 from kochat_data.errors import UsageError
-from kochat_eval.cli import write_stage_report
+from kochat_eval.cli import shortcut_warnings, write_stage_report
 from kochat_eval.rm_eval import evaluate_rm
 from kochat_eval.stages import StageEvalConfig, compare_stages
 from kochat_train.base import BaseConfig, train_base
@@ -97,17 +98,29 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
         build(BuildConfig(out=data, seed=config.seed, on_invalid="skip", overwrite=True, **inputs))
     model = config.model
     trained: dict[str, Path] = {}
+    warnings: list[str] = []
+
+    def warn(lines: list[str]) -> None:
+        warnings.extend(lines)
+        for line in lines:
+            announce(line)
+
     if model is None:
         trained["base"] = _stage(config, "base", lambda o: train_base(resolve_config(
             BaseConfig, data=data, out=o, preset=config.preset, seed=config.seed, overwrite=True, **config.settings("train_base"))), announce)
         model = str(trained["base"])
+        warn(trained_stage_warnings("base", _stage_metrics(trained["base"])))
     trained["sft"] = _stage(config, "sft", lambda o: train_sft(resolve_config(
         SFTConfig, data=data, out=o, model=model, seed=config.seed, overwrite=True, **config.settings("train_sft"))), announce)
+    warn(trained_stage_warnings("sft", _stage_metrics(trained["sft"])))
     # Two reward models from disjoint prompts of the train split: PPO optimises the proxy, the judge referees.
+    reward_models = {}
     for name, pairs in (("rm", "proxy"), ("judge", "judge")):
         trained[name] = _stage(config, name, lambda o, pairs=pairs: train_rm(resolve_config(
             RewardConfig, data=data, out=o, model=str(trained["sft"]), seed=config.seed, overwrite=True, pairs=pairs,
             **config.settings("train_rm"))), announce)
+        reward_models[name] = evaluate_rm(trained[name], data)
+        warn(shortcut_warnings(reward_models[name]))
     trained["ppo"] = _stage(config, "ppo", lambda o: train_ppo(resolve_config(
         PPOConfig, data=data, out=o, sft=str(trained["sft"]), rm=str(trained["rm"]), judge=str(trained["judge"]), seed=config.seed,
         overwrite=True, **config.settings("train_ppo"))), announce)
@@ -115,12 +128,13 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
     trained["dpo"] = _stage(config, "dpo", lambda o: train_dpo(resolve_config(
         DPOConfig, data=data, out=o, model=str(trained["sft"]), seed=config.seed, overwrite=True, pairs="proxy",
         **config.settings("train_dpo"))), announce)
-    announce("eval: both reward models on the held-out pairs, then every stage on the held-out prompts")
-    reward_models = {name: evaluate_rm(trained[name], data) for name in ("rm", "judge")}
+    announce("eval: every stage on the held-out prompts")
     compared = {name: trained[name] for name in ("base", "sft", "ppo", "dpo") if name in trained}
     report, generations = compare_stages(StageEvalConfig(stages=compared, reward_model=trained["rm"], judge=trained["judge"], data=data,
                                                          **config.settings("eval")))
     report["reward_models"] = reward_models
+    warn(table_warnings(report))
+    report["warnings"] = warnings
     write_stage_report(out / "eval", report, generations, {**compared, "rm": trained["rm"], "judge": trained["judge"]})
     return report
 
@@ -133,6 +147,10 @@ def _stage(config: PipelineConfig, name: str, train: Callable[[Path], Any], anno
     announce(f"{name}: training")
     train(directory)
     return directory
+
+
+def _stage_metrics(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / STAGE_FILE).read_text(encoding="utf-8"))["metrics"]
 
 
 def _check_same_settings(out: Path, config: PipelineConfig, inputs: dict[str, list[Path]]) -> None:

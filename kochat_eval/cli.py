@@ -16,6 +16,7 @@ from kochat_eval.html_report import render_html
 from kochat_eval.metrics import UNITS
 from kochat_eval.report import csv_text, markdown, plot_curves, rich_table
 from kochat_eval.decoding import NOTEBOOK_DECODINGS, DecodingEvalConfig, compare_decodings
+from kochat_eval.relevance import probe_relevance
 from kochat_eval.rm_eval import evaluate_rm
 from kochat_eval.stages import StageEvalConfig, compare_stages, write_generations
 from kochat_train.decoding_flags import DECODING_OPTIONS, parse_decoding
@@ -35,6 +36,19 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     rm.add_argument("--device", default="auto")
     rm.add_argument("--json", action="store_true", help="print the result as JSON")
     rm.set_defaults(run=run_rm)
+
+    relevance = commands.add_parser("relevance", help="does a language model read the question? (held-out right vs other-question answers)",
+                                    description="On the held-out rank-0-vs-1 pairs: the share where log p(answer | question) − "
+                                                "log p(answer | no question) is higher for the right answer than for the answer to "
+                                                "another question. ½ is a model that ignores the question.")
+    relevance.add_argument("--model", required=True, metavar="DIR", help="causal LM directory (base, sft, ppo, dpo) or hub name")
+    relevance.add_argument("--data", type=Path, required=True, metavar="DIR", help="`kochat data build` directory; its rm eval split is used")
+    relevance.add_argument("--max-pairs", type=int, default=0, help="first N rank-0-vs-1 pairs (default: 0, all)")
+    relevance.add_argument("--batch-size", type=int, default=32, help="pairs per forward (default: 32)")
+    relevance.add_argument("--max-length", type=int, default=128, help="tokens per text, at most the model's positions (default: 128)")
+    relevance.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    relevance.add_argument("--json", action="store_true", help="print the result as JSON")
+    relevance.set_defaults(run=run_relevance)
 
     stages = commands.add_parser("stages", help="generate for the held-out prompts with every stage and compare")
     stages.add_argument("--stage", action="append", required=True, metavar="NAME=DIR", help="repeat per stage, in table order")
@@ -86,6 +100,19 @@ def _quiet() -> None:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+
+
+def run_relevance(args: argparse.Namespace) -> int:
+    _quiet()
+    result = probe_relevance(args.model, args.data, args.max_pairs, args.batch_size, args.max_length, args.device)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+        return 0
+    console.print(f"{result['model']}: the question lifts the right answer more than another question's answer on "
+                  f"{result['relevance_accuracy']:.3f} of {result['pairs']} held-out pairs (½: the question is ignored); "
+                  f"mean lift {result['mean_lift_right']:.2f} vs {result['mean_lift_other']:.2f} nats; "
+                  f"log p(answer | question) alone prefers the right one on {result['conditional_accuracy']:.3f}", markup=False)
+    return 0
 
 
 def run_rm(args: argparse.Namespace) -> int:

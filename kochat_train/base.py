@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, TrainerCallback, default_data_collator, set_seed
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast, TrainerCallback, default_data_collator, set_seed
 
 from kochat_data.errors import UsageError
 from kochat_data.schema import Kind
@@ -19,7 +19,7 @@ from kochat_train.objectives import unigram_perplexity
 from kochat_train.runtime import (
     GuardedTrainer, StageResult, fit, load_stage_data, prepare_output, require_build_directory, save_stage, training_arguments,
 )
-from kochat_train.template import render_prompt
+from kochat_train.template import encode_examples, render_prompt
 
 # pad is its own token so padding never looks like an end of text.
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -29,8 +29,8 @@ PRESETS = {
     "small": {"vocab_size": 8000, "n_layer": 4, "n_embd": 256, "n_head": 4},
 }
 
-# The text columns of each built dataset that make up the pretraining corpus.
-TEXT_COLUMNS = {Kind.SFT: ("prompt", "completion"), Kind.RM: ("prompt", "chosen", "rejected"), Kind.PPO: ("prompt",)}
+# The columns each built dataset gives the pretraining corpus.
+CORPUS_COLUMNS = {Kind.SFT: ("prompt", "completion"), Kind.RM: ("prompt", "chosen", "chosen_rank"), Kind.PPO: ("prompt",)}
 
 
 @dataclass
@@ -61,13 +61,51 @@ class BaseConfig(TrainConfig):
         return found
 
 
-def corpus_texts(data: dict[Kind, datasets.DatasetDict], split: str) -> list[str]:
-    """Every distinct text of one split, in a fixed order."""
-    texts: dict[str, None] = {}
-    for kind, dataset in data.items():
-        for column in TEXT_COLUMNS[kind]:
-            texts.update(dict.fromkeys(text for text in dataset[split][column] if text))
-    return list(texts)
+@dataclass(frozen=True)
+class Corpus:
+    """One split's pretraining documents, distinct and in a fixed order.
+
+    A question is followed by its answer in the template the later stages use, so pretraining
+    already sees which answer belongs to which question (with each text a document of its own,
+    the SFT model barely read the prompt and the RM was at chance on relevance). Dialogues:
+    every SFT record and each RM prompt with its best (rank 0) answer; a rejected answer is
+    left out, as it would teach that a broken or unrelated answer follows a question. Plain
+    texts: the PPO prompts that have no answer here.
+    """
+
+    dialogues: list[tuple[str, str]]
+    texts: list[str]
+
+    @classmethod
+    def of(cls, data: dict[Kind, datasets.DatasetDict], split: str) -> Corpus:
+        dialogues: dict[tuple[str, str], None] = {}
+        if Kind.SFT in data:
+            dialogues.update(dict.fromkeys(zip(data[Kind.SFT][split]["prompt"], data[Kind.SFT][split]["completion"], strict=True)))
+        if Kind.RM in data:
+            pairs = data[Kind.RM][split]
+            dialogues.update(dict.fromkeys((prompt, answer) for prompt, answer, rank in
+                                           zip(pairs["prompt"], pairs["chosen"], pairs["chosen_rank"], strict=True) if rank == 0))
+        answered = {prompt for prompt, _ in dialogues}
+        texts = dict.fromkeys(prompt for prompt in (data[Kind.PPO][split]["prompt"] if Kind.PPO in data else []) if prompt not in answered)
+        return cls([(prompt, answer) for prompt, answer in dialogues if prompt and answer], list(texts))
+
+    def without(self, other: Corpus) -> Corpus:
+        """The documents that `other` does not hold (eval text the train split already has would flatter the eval loss)."""
+        dialogues, texts = set(other.dialogues), set(other.texts)
+        return Corpus([d for d in self.dialogues if d not in dialogues], [t for t in self.texts if t not in texts])
+
+    def strings(self) -> list[str]:
+        return [render_prompt(prompt) + answer for prompt, answer in self.dialogues] + self.texts
+
+    def token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+        """Each document's ids and EOS; a dialogue's are exactly those SFT and the RM train on (`encode_examples`)."""
+        longest = 1 << 30  # no truncation: packing cuts the stream into blocks
+        dialogues = [ids for ids, _ in encode_examples(tokenizer, [p for p, _ in self.dialogues], [a for _, a in self.dialogues], longest)]
+        texts = [ids + [tokenizer.eos_token_id] for ids in tokenizer(self.texts, add_special_tokens=False)["input_ids"]] if self.texts else []
+        return dialogues + texts
+
+    def __len__(self) -> int:
+        return len(self.dialogues) + len(self.texts)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> PreTrainedTokenizerFast:
@@ -85,11 +123,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
-def pack_blocks(tokenizer: PreTrainedTokenizerFast, texts: list[str], block_size: int) -> np.ndarray:
-    """Texts joined with EOS and cut into (N, block_size) blocks; a short corpus gives one shorter block."""
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    eos = [tokenizer.eos_token_id]
-    stream = np.concatenate([np.asarray(row + eos, dtype=np.int64) for row in ids]) if ids else np.zeros(0, np.int64)
+def pack_blocks(documents: list[list[int]], block_size: int) -> np.ndarray:
+    """Documents (each ending in EOS) joined and cut into (N, block_size) blocks; a short corpus gives one shorter block."""
+    stream = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in documents]) if documents else np.zeros(0, np.int64)
     if len(stream) < block_size:
         return stream[None, :]
     return stream[: len(stream) // block_size * block_size].reshape(-1, block_size)
@@ -102,20 +138,17 @@ def _block_dataset(blocks: np.ndarray) -> datasets.Dataset:
 def train_base(config: BaseConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
     config = config.resolved()
     require_build_directory(config.data)
-    data = {kind: load_stage_data(config.data, kind, list(TEXT_COLUMNS[kind]), "kochat train base")
+    data = {kind: load_stage_data(config.data, kind, list(CORPUS_COLUMNS[kind]), "kochat train base")
             for kind in Kind if (Path(config.data) / kind.value).is_dir()}
     if not data:
         raise UsageError(f"{config.data}: no sft, rm or ppo dataset here; build one with `kochat data build`")
     resume_from = prepare_output(config)
     set_seed(config.seed)
-    train_texts = corpus_texts(data, "train")
-    seen = set(train_texts)
-    eval_texts = [text for text in corpus_texts(data, "eval") if text not in seen]
-    # The template's markers join the tokenizer corpus (not the LM's) so they become a few tokens.
-    templates = [render_prompt(prompt) for prompt in data[Kind.SFT]["train"]["prompt"]] if Kind.SFT in data else []
-    tokenizer = train_tokenizer(train_texts + templates, config.vocab_size, config.min_frequency)
-    train_blocks = pack_blocks(tokenizer, train_texts, config.max_length)
-    eval_blocks = pack_blocks(tokenizer, eval_texts, config.max_length) if eval_texts else None
+    train_corpus = Corpus.of(data, "train")
+    eval_corpus = Corpus.of(data, "eval").without(train_corpus)
+    tokenizer = train_tokenizer(train_corpus.strings(), config.vocab_size, config.min_frequency)
+    train_blocks = pack_blocks(train_corpus.token_ids(tokenizer), config.max_length)
+    eval_blocks = pack_blocks(eval_corpus.token_ids(tokenizer), config.max_length) if len(eval_corpus) else None
     model = GPT2LMHeadModel(GPT2Config(
         vocab_size=len(tokenizer), n_positions=config.max_length, n_embd=config.n_embd, n_layer=config.n_layer,
         n_head=config.n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

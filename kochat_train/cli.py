@@ -46,7 +46,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> Non
         flag = "--" + item.name.replace("_", "-")
         kind = field_type(config_class, item.name)
         doc = item.metadata["doc"].replace("%", "%%")  # argparse %-formats help strings
-        if kind is bool:
+        if kind is bool and item.default:  # an option that is on unless turned off
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=doc + " (default: on)")
+        elif kind is bool:
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=doc)
         else:
             default = "" if item.default is None else f" (default: {item.default})"

@@ -92,20 +92,27 @@ def pair_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor], length
     return sequence_logprobs(logits, batch["labels"], length_normalize)
 
 
-def with_reference_logprobs(pairs: datasets.Dataset, reference: PreTrainedModel, collate: PreferenceCollator, config: DPOConfig) -> datasets.Dataset:
-    """The pairs with `ref_chosen` and `ref_rejected`: the frozen reference's log-probs, in one pass.
+def pair_sequence_logprobs(features: datasets.Dataset, model: PreTrainedModel, collate: PreferenceCollator, batch_size: int,
+                           length_normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """log π(chosen | prompt) and log π(rejected | prompt) of every tokenised pair, in one pass.
 
     The pass walks the pairs shortest first, so each batch pads to rows of about its own length
     (in dataset order it padded to the longest of random lengths and cost as much as training).
     """
-    device = next(reference.parameters()).device
-    order = np.argsort(np.asarray(pairs["length"]), kind="stable")
-    chosen, rejected = np.zeros(len(pairs)), np.zeros(len(pairs))
-    for start in range(0, len(pairs), config.eval_batch_size):
-        rows = order[start : start + config.eval_batch_size]
-        batch = collate(list(pairs.select(rows)))
-        values = pair_logprobs(reference, {key: value.to(device) for key, value in batch.items()}, config.length_normalize).cpu()
+    device = next(model.parameters()).device
+    order = np.argsort(np.asarray(features["length"]), kind="stable")
+    chosen, rejected = np.zeros(len(features)), np.zeros(len(features))
+    for start in range(0, len(features), batch_size):
+        rows = order[start : start + batch_size]
+        batch = collate(list(features.select(rows)))
+        values = pair_logprobs(model, {key: value.to(device) for key, value in batch.items()}, length_normalize).cpu()
         chosen[rows], rejected[rows] = values.view(2, -1).double().numpy()
+    return chosen, rejected
+
+
+def with_reference_logprobs(pairs: datasets.Dataset, reference: PreTrainedModel, collate: PreferenceCollator, config: DPOConfig) -> datasets.Dataset:
+    """The pairs with `ref_chosen` and `ref_rejected`: the frozen reference's log-probs."""
+    chosen, rejected = pair_sequence_logprobs(pairs, reference, collate, config.eval_batch_size, config.length_normalize)
     return pairs.add_column("ref_chosen", chosen.tolist()).add_column("ref_rejected", rejected.tolist())
 
 

@@ -33,11 +33,15 @@ class RewardConfig(TrainConfig):
                         "(the judge share: an RM that referees the policy, never seen by the proxy)")
     judge_share: float = option(0.5, "share of train prompts whose pairs belong to the judge, by a fixed hash of the prompt "
                                 "(the same in every run and for every seed)")
+    relevance_negatives: int = option(0, "per train prompt, this many extra pairs of its best answer against the best answer "
+                                      "of another train prompt (relevance pairs like the data's rank 0 vs 1)")
 
     def problems(self) -> list[str]:
         found = super().problems() + ([] if self.model else ["'model' is required (SFT or base directory, or hub name)"])
         if self.pairs not in PAIR_SETS:
             found.append(f"'pairs' must be one of {', '.join(PAIR_SETS)}, got {self.pairs!r}")
+        if self.relevance_negatives < 0:
+            found.append(f"'relevance_negatives' must be ≥ 0, got {self.relevance_negatives}")
         if not 0 < self.judge_share < 1:
             found.append(f"'judge_share' must be in (0, 1), got {self.judge_share}")
         return found
@@ -50,6 +54,28 @@ def select_pairs(pairs: datasets.Dataset, which: str, judge_share: float) -> dat
     judge = judge_prompt_ids(sorted(set(pairs["prompt_id"])), judge_share)
     return pairs.filter(lambda ids: [(pid in judge) == (which == "judge") for pid in ids], input_columns="prompt_id",
                         batched=True, keep_in_memory=True)
+
+
+def relevance_negatives(pairs: datasets.Dataset, per_prompt: int, seed: int) -> datasets.Dataset:
+    """Pairs of each prompt's best (rank 0) answer against the best answer of another prompt of the same pairs.
+
+    The data's own relevance pairs (rank 0 vs 1) are few next to the fluency pairs; these add
+    more of the same kind from answers already there, so the proxy and judge shares stay disjoint.
+    Round r pairs prompt i with the answer of prompt (i + shift_r) mod n, shifts drawn without
+    replacement from 1 … n−1, so no prompt meets its own answer or the same other answer twice.
+    """
+    best: dict[str, str] = {}
+    for prompt, chosen, rank in zip(pairs["prompt"], pairs["chosen"], pairs["chosen_rank"], strict=True):
+        if rank == 0:
+            best.setdefault(prompt, chosen)
+    prompts, answers = list(best), list(best.values())
+    rounds = min(per_prompt, len(prompts) - 1)
+    shifts = np.random.default_rng(seed).choice(np.arange(1, len(prompts)), size=rounds, replace=False) if rounds > 0 else []
+    rows = [(prompts[i], answers[i], answers[(i + int(shift)) % len(prompts)]) for shift in shifts for i in range(len(prompts))]
+    rows = [row for row in rows if row[1] != row[2]]  # two prompts with the same answer make no pair
+    return datasets.Dataset.from_dict({"prompt": [r[0] for r in rows], "chosen": [r[1] for r in rows], "rejected": [r[2] for r in rows],
+                                       "chosen_rank": [0] * len(rows), "rejected_rank": [1] * len(rows)},
+                                      features=pairs.select_columns(PAIR_COLUMNS).features)
 
 
 class ScalarRewardModel(nn.Module):
@@ -135,6 +161,9 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     data["train"] = select_pairs(data["train"], config.pairs, config.judge_share)
     train_pairs = runtime.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on (records with all ranks tied give none"
                                        + ("" if config.pairs == "all" else f"; or none in the {config.pairs} share") + ")")
+    if config.relevance_negatives:
+        train_pairs = datasets.concatenate_datasets([train_pairs.select_columns(PAIR_COLUMNS),
+                                                     relevance_negatives(train_pairs, config.relevance_negatives, config.seed)])
     set_seed(config.seed)  # before the new score head is initialised
     tokenizer = load_tokenizer(config.model)
     backbone = init_reward_model(config.model, tokenizer)

@@ -61,5 +61,7 @@ def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
         processing_class=tokenizer,
     )
+    # Where the starting model stands on the held-out answers: the baseline fine-tuning must beat.
+    start = {"start_eval_loss": trainer.evaluate()["eval_loss"]} if eval_dataset is not None else {}
     metrics = runtime.fit(trainer, config, "sft", resume_from, callbacks)
-    return runtime.save_stage(model, tokenizer, config, "sft", metrics)
+    return runtime.save_stage(model, tokenizer, config, "sft", {**metrics, **start})

@@ -54,7 +54,7 @@ def base_without_dropout(tiny_base, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm"])
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
 def test_two_processes_match_one_with_the_same_global_batch(stage, base_without_dropout, sample_data, tmp_path):
     common = ["train", stage, "--data", sample_data, "--model", base_without_dropout, "--max-steps", STEPS,
               "--max-length", TINY["max_length"], "--learning-rate", LEARNING_RATE, "--sampling", "sequential", "--logging-steps", 1]

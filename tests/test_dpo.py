@@ -102,3 +102,11 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tiny_base, sample_data, tmp
         torch.testing.assert_close(first[name], second[name], rtol=0, atol=1e-6)
     logged = [json.loads(line)["step"] for line in (resumed.out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert logged == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("flags, expected", [([], True), (["--no-precompute-reference"], False), (["--precompute-reference"], True)])
+def test_an_option_that_is_on_by_default_can_be_turned_off_on_the_command_line(flags, expected):
+    from kochat.cli import build_parser
+
+    args = build_parser("train").parse_args(["train", "dpo", *flags])
+    assert getattr(args, "precompute_reference", True) is expected  # absent: the config's default applies

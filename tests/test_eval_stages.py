@@ -72,6 +72,9 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path, run_cli):
     report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
     assert [s["stage"] for s in report["stages"]] == ["base", "sft", "ppo", "dpo"] and report["prompts"] == 4
     assert "kochat stage comparison" in out
+    # 4 base steps cannot beat the unigram baseline: the pipeline says so where it happens, and counts it at the end
+    assert any(line.startswith("warning: base:") for line in report["warnings"])
+    assert all(line in err for line in report["warnings"]) and f"{len(report['warnings'])} warning(s) above" in err
 
     stamp = (tmp_path / "run" / "sft" / "model.safetensors").stat().st_mtime_ns
     code, _, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run")

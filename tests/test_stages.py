@@ -9,24 +9,40 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from conftest import TINY
 from kochat_data.errors import UsageError
-from kochat_train.base import pack_blocks
+from kochat_data.schema import Kind
+from kochat_train.base import Corpus, pack_blocks
 from kochat_train.rm import PairCollator, RewardConfig, ScalarRewardModel, pair_metrics, tokenize_pairs, train_rm
 from kochat_train.sft import SFTConfig, train_sft
 from kochat_train.sources import init_reward_model, load_reward_model, load_tokenizer
+from kochat_train.template import encode_examples, render_prompt
 
 
 def parameters(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def test_pack_blocks_joins_texts_with_eos_and_cuts_full_blocks(tiny_base):
+def test_pack_blocks_joins_documents_and_cuts_full_blocks():
+    documents = [[5, 6, 2], [7, 2], [8, 9, 10, 2]]
+    assert pack_blocks(documents, block_size=3).tolist() == [[5, 6, 2], [7, 2, 8], [9, 10, 2]]
+    assert pack_blocks([[7, 2]], block_size=64).tolist() == [[7, 2]]  # one short block
+
+
+def test_the_corpus_puts_each_answer_after_its_question_in_the_template(tiny_base):
+    sft = datasets.Dataset.from_dict({"prompt": ["질문 하나", "질문 하나"], "completion": ["답 하나", "답 하나"]})
+    rm = datasets.Dataset.from_dict({"prompt": ["질문 둘", "질문 둘"], "chosen": ["좋은 답", "엉뚱한 답"],
+                                     "chosen_rank": [0, 1]})
+    ppo = datasets.Dataset.from_dict({"prompt": ["질문 셋", "질문 하나"]})
+    data = {Kind.SFT: datasets.DatasetDict(train=sft), Kind.RM: datasets.DatasetDict(train=rm), Kind.PPO: datasets.DatasetDict(train=ppo)}
+    corpus = Corpus.of(data, "train")
+    # duplicates once; the rank-1 answer (best only against a worse one) is not a dialogue; a PPO prompt without answer is text
+    assert corpus.dialogues == [("질문 하나", "답 하나"), ("질문 둘", "좋은 답")]
+    assert corpus.texts == ["질문 셋"]
     tokenizer = load_tokenizer(tiny_base)
-    texts = ["안녕", "반가워요 친구", "네"]
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    stream = [token for row in ids for token in (*row, tokenizer.eos_token_id)]
-    blocks = pack_blocks(tokenizer, texts, block_size=3)
-    assert blocks.tolist() == [stream[i : i + 3] for i in range(0, len(stream) // 3 * 3, 3)]
-    assert pack_blocks(tokenizer, ["네"], block_size=64).tolist() == [[*ids[2], tokenizer.eos_token_id]]  # one short block
+    ids = corpus.token_ids(tokenizer)
+    assert ids[0] == encode_examples(tokenizer, ["질문 하나"], ["답 하나"], 1000)[0][0]  # what SFT trains on, EOS included
+    assert ids[2] == tokenizer("질문 셋", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert corpus.strings()[0] == render_prompt("질문 하나") + "답 하나"
+    assert Corpus.of(data, "train").without(corpus).dialogues == []
 
 
 def test_base_writes_a_loadable_model_and_tokenizer(tiny_base):
@@ -119,3 +135,18 @@ def test_cli_trains_from_a_config_file_with_flag_overrides(run_cli, tiny_base, s
     saved = json.loads((tmp_path / "rm" / "kochat_config.json").read_text())
     assert (saved["stage"], saved["max_steps"], saved["batch_size"], saved["lora_rank"]) == ("rm", 1, 4, 2)
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").num_labels == 1
+
+
+def test_relevance_negatives_pair_each_best_answer_with_other_prompts_best_answers():
+    from kochat_train.rm import relevance_negatives
+
+    pairs = datasets.Dataset.from_dict({
+        "prompt": ["A", "A", "B", "C", "C"], "chosen": ["a", "a2", "b", "c", "c"], "rejected": ["x", "y", "z", "w", "v"],
+        "chosen_rank": [0, 1, 0, 0, 0], "rejected_rank": [1, 2, 2, 1, 2]})
+    one = relevance_negatives(pairs, per_prompt=1, seed=0)
+    assert sorted(one["prompt"]) == ["A", "B", "C"] and set(one["chosen_rank"]) == {0} and set(one["rejected_rank"]) == {1}
+    best = {"A": "a", "B": "b", "C": "c"}
+    assert all(chosen == best[p] and rejected in {"a", "b", "c"} - {chosen} for p, chosen, rejected in zip(one["prompt"], one["chosen"], one["rejected"]))
+    every = relevance_negatives(pairs, per_prompt=5, seed=0)  # only 2 other prompts: 2 rounds, each other answer once
+    assert sorted(zip(every["prompt"], every["rejected"])) == [("A", "b"), ("A", "c"), ("B", "a"), ("B", "c"), ("C", "a"), ("C", "b")]
+    assert relevance_negatives(pairs, per_prompt=1, seed=0)["rejected"] == one["rejected"]  # seeded

@@ -1,0 +1,59 @@
+"""`kochat eval relevance`: does a language model read the question?
+
+On the held-out rank-0-vs-1 pairs (the right answer against a fluent answer to another question)
+each answer gets log p(answer | its question) − log p(answer | no question): how much the
+question raised its probability. A model that reads the prompt raises the right answer more;
+one that does not is at ½, however fluent it is. Comparing log p(answer | question) alone would
+mostly measure which answer is shorter or more common.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kochat_data.errors import UsageError
+from kochat_data.schema import Kind
+from kochat_train.dpo import PreferenceCollator, pair_sequence_logprobs, tokenize_preferences
+from kochat_train.rm import PAIR_COLUMNS
+from kochat_train.runtime import load_stage_data, require_rows, resolve_device
+from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
+
+# The pairs that differ in relevance only: both answers are fluent, one answers another question.
+RELEVANCE_RANKS = (0, 1)
+
+
+def relevance_accuracy(conditional: np.ndarray, unconditional: np.ndarray) -> dict[str, float]:
+    """From (N, 2) log-probs of [right, other] answers with and without the question: the share of
+    pairs where the question lifts the right answer more (tie = wrong), and the mean lifts."""
+    lift = conditional - unconditional
+    return {"relevance_accuracy": float(np.mean(lift[:, 0] > lift[:, 1])) if len(lift) else float("nan"),
+            "conditional_accuracy": float(np.mean(conditional[:, 0] > conditional[:, 1])) if len(lift) else float("nan"),
+            "mean_lift_right": float(lift[:, 0].mean()) if len(lift) else float("nan"),
+            "mean_lift_other": float(lift[:, 1].mean()) if len(lift) else float("nan")}
+
+
+@torch.no_grad()
+def probe_relevance(model_dir: str | Path, data_dir: Path, max_pairs: int = 0, batch_size: int = 32, max_length: int = 128,
+                    device: str = "auto") -> dict:
+    if batch_size < 1 or max_length < 1 or max_pairs < 0:
+        raise UsageError(f"--batch-size and --max-length must be ≥ 1 and --max-pairs ≥ 0, got {batch_size}, {max_length}, {max_pairs}")
+    data = load_stage_data(data_dir, Kind.RM, PAIR_COLUMNS, "kochat eval relevance")
+    pairs = require_rows(data, "eval", data_dir, Kind.RM, "no held-out pairs to probe")
+    pairs = pairs.filter(lambda rows: [tuple(ranks) == RELEVANCE_RANKS for ranks in zip(rows["chosen_rank"], rows["rejected_rank"])],
+                         batched=True, keep_in_memory=True)
+    if not len(pairs):
+        raise UsageError(f"{data_dir}: no held-out pair of a rank-0 and a rank-1 answer (the right answer against another question's)")
+    pairs = pairs.select(range(min(len(pairs), max_pairs or len(pairs))))
+    tokenizer = load_tokenizer(model_dir)
+    model = load_causal_lm(model_dir, tokenizer).eval().to(resolve_device(device))
+    max_length = capped_length(max_length, model)
+    collate = PreferenceCollator(tokenizer)
+    with_question = tokenize_preferences(pairs, tokenizer, max_length)
+    without_question = tokenize_preferences(pairs.map(lambda row: {"prompt": ""}, keep_in_memory=True), tokenizer, max_length)
+    conditional = np.stack(pair_sequence_logprobs(with_question, model, collate, batch_size), axis=1)
+    unconditional = np.stack(pair_sequence_logprobs(without_question, model, collate, batch_size), axis=1)
+    return {"model": str(model_dir), "data": str(data_dir), "pairs": len(pairs), "max_length": max_length,
+            **relevance_accuracy(conditional, unconditional)}
