@@ -22,6 +22,23 @@ COMMANDS = {
 }
 
 
+def _complete_help(parser: argparse.ArgumentParser) -> None:
+    """Every option's help, in every command, says whether it is required or else its default
+    (where it has a telling one), so that no command has to remember to."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _complete_help(child)
+        elif action.option_strings and action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction):
+            text = action.help or ""
+            if action.required:
+                text += " (required)"
+            elif not (action.default is None or action.default is False or action.default is argparse.SUPPRESS
+                      or action.default == []) and "default:" not in text:
+                text += " (default: %(default)s)"
+            action.help = text.strip() or None
+
+
 def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     """The parser with the commands of `package` (every package's help line either way)."""
     parser = argparse.ArgumentParser(
@@ -44,6 +61,7 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     pipeline.add_argument("--config", type=Path, metavar="FILE", help="JSON/TOML: the fields above plus [train_base] … [train_dpo], [eval] sections")
     pipeline.add_argument("--force", action="store_true", help="rerun finished stages too")
     pipeline.set_defaults(run=run_pipeline_command)
+    _complete_help(parser)
     return parser
 
 
@@ -63,7 +81,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from kochat_eval.cli import rm_table
-    from kochat_eval.report import rich_table
+    from kochat_eval.report import print_stage_table
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
@@ -73,10 +91,10 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     started = time.perf_counter()
     report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {escape(line)}"))
-    wide = Console(width=max(Console().width, 170))
+    out = Console()
     for result in report["reward_models"].values():
-        wide.print(rm_table(result))
-    wide.print(rich_table(report))
+        out.print(rm_table(result))
+    print_stage_table(out, report)
     warned = f"; {len(report['warnings'])} warning(s) above" if report["warnings"] else ""
     console.print(f"outputs in {config.out} (table: {config.out / 'eval' / 'table.md'}); {time.perf_counter() - started:.0f} s{warned}")
     return 0

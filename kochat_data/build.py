@@ -83,7 +83,8 @@ def build(config: BuildConfig) -> dict:
     check_writable(config.out, config.overwrite)
     files = _validate_inputs(config.inputs())
     if config.on_invalid == "fail":
-        raise_for_problems(files)
+        raise_for_problems(files, "build refused: nothing written; --on-invalid skip builds from the valid records and lists "
+                                  "the others in rejects.jsonl")
     rows = {kind: _unique_rows(kind, files) for kind in Kind}
     duplicates = {position: count for kind_rows in rows.values() for position, count in kind_rows.duplicates.items()}
     rows = {kind: kind_rows for kind, kind_rows in rows.items() if kind_rows.kept}

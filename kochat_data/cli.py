@@ -25,35 +25,39 @@ def register(data: argparse.ArgumentParser) -> None:
     commands = data.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate", help="check files against the KoChatGPT formats")
-    validate.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    validate.add_argument("--kind", choices=["auto", *[k.value for k in Kind]], default="auto")
+    validate.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="JSON array or JSON Lines files")
+    validate.add_argument("--kind", choices=["auto", *[k.value for k in Kind]], default="auto",
+                          help="the format to check against; auto tells it from the first record")
     validate.add_argument("--json", action="store_true", help="print the result as JSON")
     validate.set_defaults(run=run_validate)
 
     build_parser = commands.add_parser("build", help="write train/eval Arrow datasets and a manifest")
-    build_parser.add_argument("--sft", action="append", type=Path, default=[], metavar="FILE")
-    build_parser.add_argument("--rm", action="append", type=Path, default=[], metavar="FILE")
-    build_parser.add_argument("--ppo", action="append", type=Path, default=[], metavar="FILE")
+    build_parser.add_argument("--sft", action="append", type=Path, default=[], metavar="FILE",
+                              help="SFT file: {prompt, completion} records or conversations (repeatable)")
+    build_parser.add_argument("--rm", action="append", type=Path, default=[], metavar="FILE",
+                              help="RM file: a prompt with ranked completions (repeatable)")
+    build_parser.add_argument("--ppo", action="append", type=Path, default=[], metavar="FILE", help="PPO prompts file (repeatable)")
     _add_output_arguments(build_parser)
     build_parser.set_defaults(run=run_build)
 
     pairs = commands.add_parser("pairs", help="regenerate only the RM pair dataset (e.g. with another seed)")
-    pairs.add_argument("--rm", action="append", type=Path, required=True, metavar="FILE")
+    pairs.add_argument("--rm", action="append", type=Path, required=True, metavar="FILE", help="RM file (repeatable)")
     _add_output_arguments(pairs)
     pairs.set_defaults(run=run_build, sft=[], ppo=[])
 
     stats = commands.add_parser("stats", help="report on raw files or a built directory")
-    stats.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    stats.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="raw files or `kochat data build` directories")
     stats.add_argument("--tokenizer", help="tokenizer name or directory, for token lengths")
     stats.add_argument("--json", action="store_true", help="print the report as JSON")
     stats.set_defaults(run=run_stats)
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--eval-ratio", type=float, default=0.1)
-    parser.add_argument("--on-invalid", choices=ON_INVALID, default="fail")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="the directory to write")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the train/eval split (by prompt) and of the pair order")
+    parser.add_argument("--eval-ratio", type=float, default=0.1, help="share of prompts held out for evaluation")
+    parser.add_argument("--on-invalid", choices=ON_INVALID, default="fail",
+                        help="fail: refuse the build if any record is invalid; skip: keep the valid ones and list the rest in rejects.jsonl")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 

@@ -20,6 +20,7 @@ from kochat_data.validate import validate_file
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 LOW_HANGUL = 0.5
 EXAMPLES = 3
+LENGTH_SUMMARY = ("min", *QUANTILES, "max")
 TEXT_COLUMNS = {Kind.SFT: ["prompt", "completion"], Kind.RM: ["prompt", "chosen", "rejected"], Kind.PPO: ["prompt"]}
 
 
@@ -199,15 +200,21 @@ def render_stats(report: dict, console: Console) -> None:
 
 
 def _render_texts(texts: dict, console: Console) -> None:
-    table = Table(show_edge=False)
-    for column in ("field", "n", "chars min/p50/p90/p99/max", "tokens p50/p90/p99/max", "Hangul", "< 0.5", "serialised"):
-        table.add_column(column, justify="left" if column == "field" else "right")
+    """Two narrow tables (counts, then lengths one measure per row) rather than one wide one, so
+    that an 80-column terminal shows every number in full."""
+    counts = Table(show_edge=False)
+    for column in ("field", "n", "Hangul", "Hangul < 0.5", "serialised"):
+        counts.add_column(column, justify="left" if column == "field" else "right", no_wrap=True)
+    lengths = Table(show_edge=False)
+    for column in ("field", "length", *LENGTH_SUMMARY):
+        lengths.add_column(column, justify="left" if column in ("field", "length") else "right", no_wrap=True)
     for name, t in texts.items():
-        chars = "/".join(str(t["chars"].get(k, "-")) for k in ("min", "p50", "p90", "p99", "max"))
-        tokens = "/".join(str(t["tokens"][k]) for k in ("p50", "p90", "p99", "max")) if "tokens" in t else "-"
-        table.add_row(name, str(t["count"]), chars, tokens, f"{t['hangul_ratio_mean']:.2f}",
-                      f"{t['low_hangul_share']:.1%}", str(t["serialised"]))
-    console.print(table)
+        counts.add_row(name, str(t["count"]), f"{t['hangul_ratio_mean']:.2f}", f"{t['low_hangul_share']:.1%}", str(t["serialised"]))
+        for measure in ("chars", "tokens"):
+            if measure in t:
+                lengths.add_row(name, measure, *(str(t[measure].get(key, "-")) for key in LENGTH_SUMMARY))
+    console.print(counts)
+    console.print(lengths)
     for name, t in texts.items():
         for example in t["serialised_examples"]:
             console.print(f"  [yellow]serialised {name}:[/] {example}", highlight=False)

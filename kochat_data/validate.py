@@ -126,9 +126,9 @@ def _detect_file_kind(path: Path, records):
     return kinds.most_common(1)[0][0], itertools.chain(head, records)
 
 
-def raise_for_problems(files: list[ValidatedFile]) -> None:
-    """Raise one error listing every problem of every file, with a summary line per file."""
+def raise_for_problems(files: list[ValidatedFile], hint: str = "") -> None:
+    """Raise one error listing every problem of every file, with a summary line per file (and a hint)."""
     invalid = [validated for validated in files if validated.problems]
     if invalid:
         problems = [problem for validated in invalid for problem in validated.problems]
-        raise InvalidDataError(problems, "\n".join(validated.summary() for validated in invalid))
+        raise InvalidDataError(problems, "\n".join([*(validated.summary() for validated in invalid), *([hint] if hint else [])]))

@@ -6,20 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-import datasets
-import transformers
 from rich.console import Console
 from rich.table import Table
 
 from kochat_data.errors import UsageError
 from kochat_eval.html_report import render_html
 from kochat_eval.metrics import UNITS
-from kochat_eval.report import csv_text, markdown, plot_curves, rich_table
-from kochat_eval.decoding import NOTEBOOK_DECODINGS, DecodingEvalConfig, compare_decodings
-from kochat_eval.relevance import probe_relevance
-from kochat_eval.rm_eval import evaluate_rm
-from kochat_eval.stages import StageEvalConfig, compare_stages, write_generations
-from kochat_train.decoding_flags import DECODING_OPTIONS, parse_decoding
+from kochat_eval.report import csv_text, markdown, plot_curves, print_stage_table
+from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, parse_decoding
+
+# The commands' functions import torch and transformers (seconds), so they are imported when a
+# command runs: `kochat eval … --help` needs neither.
 
 console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
 
@@ -33,7 +30,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     rm.add_argument("--data", type=Path, required=True, metavar="DIR", help="`kochat data build` directory; its rm eval split is used")
     rm.add_argument("--batch-size", type=int, default=32, help="pairs per forward (default: 32)")
     rm.add_argument("--max-length", type=int, help="tokens per text (default: the model's training max_length, at most its positions)")
-    rm.add_argument("--device", default="auto")
+    rm.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     rm.add_argument("--json", action="store_true", help="print the result as JSON")
     rm.set_defaults(run=run_rm)
 
@@ -55,17 +52,17 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     stages.add_argument("--reward-model", type=Path, required=True, metavar="DIR", help="the proxy: the reward model PPO optimised")
     stages.add_argument("--judge", type=Path, metavar="DIR", help="a reward model the policies never saw (`kochat train rm --pairs judge`); "
                         "win rates are read from it")
-    stages.add_argument("--data", type=Path, required=True, metavar="DIR")
+    stages.add_argument("--data", type=Path, required=True, metavar="DIR", help="`kochat data build` directory; its ppo eval prompts are used")
     stages.add_argument("--reference", default="sft", help="stage for KL and win rate (default: sft)")
     stages.add_argument("--max-prompts", type=int, default=0, help="first N eval prompts (0: all)")
-    stages.add_argument("--batch-size", type=int, default=32)
-    stages.add_argument("--max-new-tokens", type=int, default=48)
-    stages.add_argument("--top-k", type=int, default=0)
-    stages.add_argument("--top-p", type=float, default=1.0)
-    stages.add_argument("--temperature", type=float, default=1.0)
-    stages.add_argument("--seed", type=int, default=0)
+    stages.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
+    stages.add_argument("--max-new-tokens", type=int, default=48, help="response length limit")
+    stages.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    stages.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    stages.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    stages.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every stage")
     stages.add_argument("--unit", choices=UNITS, default="eojeol", help="units of length and repetition metrics")
-    stages.add_argument("--device", default="auto")
+    stages.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     stages.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl, curves.png, report.html")
     _add_table_outputs(stages)
     stages.set_defaults(run=run_stages)
@@ -97,12 +94,17 @@ def _add_table_outputs(parser: argparse.ArgumentParser) -> None:
 
 
 def _quiet() -> None:
+    import datasets
+    import transformers
+
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
 
 
 def run_relevance(args: argparse.Namespace) -> int:
+    from kochat_eval.relevance import probe_relevance
+
     _quiet()
     result = probe_relevance(args.model, args.data, args.max_pairs, args.batch_size, args.max_length, args.device)
     if args.json:
@@ -116,6 +118,8 @@ def run_relevance(args: argparse.Namespace) -> int:
 
 
 def run_rm(args: argparse.Namespace) -> int:
+    from kochat_eval.rm_eval import evaluate_rm
+
     _quiet()
     result = evaluate_rm(args.model, args.data, args.batch_size, args.max_length, args.device)
     if args.json:
@@ -161,6 +165,8 @@ def parse_stages(specs: list[str]) -> dict[str, Path]:
 
 
 def run_stages(args: argparse.Namespace) -> int:
+    from kochat_eval.stages import StageEvalConfig, compare_stages
+
     _quiet()
     decoding = {"max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature}
     config = StageEvalConfig(
@@ -175,6 +181,8 @@ def run_stages(args: argparse.Namespace) -> int:
 
 
 def run_decoding(args: argparse.Namespace) -> int:
+    from kochat_eval.decoding import DecodingEvalConfig, compare_decodings
+
     _quiet()
     decodings = dict(parse_decoding(spec) for spec in args.decoding) if args.decoding else dict(NOTEBOOK_DECODINGS)
     if args.decoding and len(decodings) < len(args.decoding):
@@ -197,7 +205,7 @@ def print_report(report: dict, args: argparse.Namespace) -> None:
     elif args.csv:
         print(csv_text(report), end="")
     else:
-        Console(width=max(console.width, 170)).print(rich_table(report))
+        print_stage_table(console, report)
 
 
 def write_stage_report(out: Path, report: dict, generations: list[dict], stage_dirs: dict[str, Path] | None = None) -> None:
@@ -206,6 +214,8 @@ def write_stage_report(out: Path, report: dict, generations: list[dict], stage_d
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (out / "table.md").write_text(markdown(report), encoding="utf-8")
     (out / "report.csv").write_text(csv_text(report), encoding="utf-8")
+    from kochat_eval.stages import write_generations
+
     write_generations(out / "generations.jsonl", generations)
     curves = plot_curves(stage_dirs, out / "curves.png") if stage_dirs else None
     (out / "report.html").write_text(render_html(report, generations, curves), encoding="utf-8")

@@ -16,21 +16,9 @@ import torch
 from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
 from kochat_eval.stages import Referees, answer_prompts, eval_prompts, prompt_set_hash, response_metrics
-from kochat_train.decoding_flags import DECODING_OPTIONS, decoding_problems
+from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, decoding_problems
 from kochat_train.runtime import resolve_device
 from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
-
-# The decodings of the KoChatGPT notebook, in its order; unnamed settings keep transformers' defaults.
-NOTEBOOK_DECODINGS: dict[str, dict] = {
-    "greedy": {},
-    "beam10-norepeat2": {"num_beams": 10, "no_repeat_ngram_size": 2},
-    "beam7-sample-t2-k50-norepeat2": {"num_beams": 7, "do_sample": True, "temperature": 2.0, "top_k": 50, "no_repeat_ngram_size": 2},
-    "beam7-top-p0.9-norepeat2": {"num_beams": 7, "do_sample": True, "top_k": 0, "top_p": 0.9, "no_repeat_ngram_size": 2},
-    "sft-notebook": {"num_beams": 4, "repetition_penalty": 2.0, "no_repeat_ngram_size": 4, "max_new_tokens": 64,
-                     "do_sample": True, "top_k": 50},
-    "sampling": {"do_sample": True},
-}
-
 
 @dataclass
 class DecodingEvalConfig:

@@ -14,51 +14,18 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase, P
 
 from kochat_data.errors import UsageError
 from kochat_data.schema import Kind
-from kochat_train.config import TrainConfig, option
 from kochat_train.objectives import unigram_perplexity
 from kochat_train.runtime import (
     GuardedTrainer, StageResult, fit, load_stage_data, prepare_output, require_build_directory, save_stage, training_arguments,
 )
+from kochat_train.stage_configs import BaseConfig
 from kochat_train.template import encode_examples, render_prompt
 
 # pad is its own token so padding never looks like an end of text.
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
-PRESETS = {
-    "tiny": {"vocab_size": 400, "n_layer": 1, "n_embd": 32, "n_head": 2},
-    "small": {"vocab_size": 8000, "n_layer": 4, "n_embd": 256, "n_head": 4},
-}
-
 # The columns each built dataset gives the pretraining corpus.
 CORPUS_COLUMNS = {Kind.SFT: ("prompt", "completion"), Kind.RM: ("prompt", "chosen", "chosen_rank"), Kind.PPO: ("prompt",)}
-
-
-@dataclass
-class BaseConfig(TrainConfig):
-    preset: str = option("small", f"model size: {', '.join(PRESETS)} (tiny is for tests)")
-    vocab_size: int | None = option(None, "BPE vocabulary size, special tokens included (default: the preset's)")
-    n_layer: int | None = option(None, "transformer blocks (default: the preset's)")
-    n_embd: int | None = option(None, "hidden width (default: the preset's)")
-    n_head: int | None = option(None, "attention heads; must divide n_embd (default: the preset's)")
-    min_frequency: int = option(2, "pairs seen fewer times are not merged by BPE")
-    learning_rate: float = option(1e-3, "peak learning rate (higher than fine-tuning: the weights start random)")
-    sampling: str = option("random", "batch order: random (packed blocks all have one length), group_by_length or sequential")
-
-    def resolved(self) -> BaseConfig:
-        """The config with preset values in every architecture field left empty."""
-        preset = PRESETS.get(self.preset, {})
-        return type(self)(**{**vars(self), **{k: v for k, v in preset.items() if getattr(self, k) is None}})
-
-    def problems(self) -> list[str]:
-        found = super().problems()
-        if self.preset not in PRESETS:
-            return found + [f"'preset' must be one of {', '.join(PRESETS)}, got {self.preset!r}"]
-        config = self.resolved()
-        if config.vocab_size < 300:
-            found.append(f"'vocab_size' must be ≥ 300 (256 bytes + special tokens), got {config.vocab_size}")
-        if config.n_embd % config.n_head:
-            found.append(f"'n_head' ({config.n_head}) must divide 'n_embd' ({config.n_embd})")
-        return found
 
 
 @dataclass(frozen=True)

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 
-import datasets
-import transformers
-from rich.console import Console
-
-from kochat_train.base import BaseConfig, train_base
-from kochat_train.dpo import DPOConfig, train_dpo
 from kochat_train.config import field_type, resolve_config
-from kochat_train.ppo import PPOConfig, train_ppo
-from kochat_train.rm import RewardConfig, train_rm
-from kochat_train.runtime import is_main_process
-from kochat_train.sft import SFTConfig, train_sft
+from kochat_train.stage_configs import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SFTConfig
 
-console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
-
+# (config, "module:function" imported only to run the stage, so that --help needs no torch, help)
 STAGES = {
-    "base": (BaseConfig, train_base, "tokenizer + small GPT-2 pretrained on the built corpus (offline)"),
-    "sft": (SFTConfig, train_sft, "supervised fine-tuning on the KoChatGPT template"),
-    "rm": (RewardConfig, train_rm, "reward model on the chosen/rejected pairs"),
-    "ppo": (PPOConfig, train_ppo, "PPO against the reward model, KL-penalised toward the SFT model"),
-    "dpo": (DPOConfig, train_dpo, "direct preference optimisation on the RM pairs, from an SFT model (no reward model, no sampling)"),
+    "base": (BaseConfig, "kochat_train.base:train_base", "tokenizer + small GPT-2 pretrained on the built corpus (offline)"),
+    "sft": (SFTConfig, "kochat_train.sft:train_sft", "supervised fine-tuning on the KoChatGPT template"),
+    "rm": (RewardConfig, "kochat_train.rm:train_rm", "reward model on the chosen/rejected pairs"),
+    "ppo": (PPOConfig, "kochat_train.ppo:train_ppo", "PPO against the reward model, KL-penalised toward the SFT model"),
+    "dpo": (DPOConfig, "kochat_train.dpo:train_dpo",
+            "direct preference optimisation on the RM pairs, from an SFT model (no reward model, no sampling)"),
 }
 
 
@@ -59,11 +51,18 @@ def run_stage(args: argparse.Namespace) -> int:
     names = {item.name for item in dataclasses.fields(args.config_class)}
     overrides = {name: value for name, value in vars(args).items() if name in names}
     config = resolve_config(args.config_class, args.config, **overrides)
+    import datasets
+    import transformers
+    from rich.console import Console
+
+    from kochat_train.runtime import is_main_process
+
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    _, stage_function, _ = STAGES[args.stage]
-    result = stage_function(config)
+    module, function = STAGES[args.stage][1].split(":")
+    result = getattr(importlib.import_module(module), function)(config)
+    console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
     if is_main_process():  # under torchrun every rank returns the same result
         console.print(f"[bold]{args.stage}[/] → {result.out}")
         console.print_json(json.dumps(result.metrics))

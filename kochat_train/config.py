@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import tomllib
@@ -15,6 +16,8 @@ from typing import Any, TypeVar
 from kochat_data.errors import UsageError
 
 SAMPLING = ("group_by_length", "random", "sequential")
+# Experiment trackers beside metrics.jsonl, and the package (an optional extra of the same name) each needs.
+TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 Config = TypeVar("Config", bound="TrainConfig")
@@ -64,6 +67,8 @@ class TrainConfig:
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps")
     sampling: str = option("group_by_length", "batch order: group_by_length (similar lengths together: less padding), "
                            "random, or sequential (file order: the same global batches for any number of processes)")
+    report_to: str = option("none", "experiment tracker beside metrics.jsonl: none, tensorboard (in --out/tensorboard) or wandb "
+                            "(project from WANDB_PROJECT); each is an optional extra: pip install 'kochat[tensorboard]'")
     resume: bool = option(False, "continue from the last checkpoint in --out")
     overwrite: bool = option(False, "replace a non-empty --out")
 
@@ -94,6 +99,11 @@ class TrainConfig:
             found.append(f"'device' must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.sampling not in SAMPLING:
             found.append(f"'sampling' must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
+        if self.report_to not in TRACKERS:
+            found.append(f"'report_to' must be one of {', '.join(TRACKERS)}, got {self.report_to!r}")
+        elif TRACKERS[self.report_to] and importlib.util.find_spec(TRACKERS[self.report_to]) is None:
+            found.append(f"'report_to' {self.report_to}: the {TRACKERS[self.report_to]} package is not installed "
+                         f"(pip install 'kochat[{self.report_to}]')")
         if self.resume and self.overwrite:
             found.append("'resume' and 'overwrite' contradict each other")
         return found

@@ -63,3 +63,15 @@ def parse_decoding(spec: str) -> tuple[str, dict]:
         except (KeyError, ValueError):
             raise UsageError(f"--decoding {spec!r}: {key} expects {kind.__name__}, got {text!r}") from None
     return name, settings
+
+
+# The decodings of the KoChatGPT notebook, in its order; unnamed settings keep transformers' defaults.
+NOTEBOOK_DECODINGS: dict[str, dict] = {
+    "greedy": {},
+    "beam10-norepeat2": {"num_beams": 10, "no_repeat_ngram_size": 2},
+    "beam7-sample-t2-k50-norepeat2": {"num_beams": 7, "do_sample": True, "temperature": 2.0, "top_k": 50, "no_repeat_ngram_size": 2},
+    "beam7-top-p0.9-norepeat2": {"num_beams": 7, "do_sample": True, "top_k": 0, "top_p": 0.9, "no_repeat_ngram_size": 2},
+    "sft-notebook": {"num_beams": 4, "repetition_penalty": 2.0, "no_repeat_ngram_size": 4, "max_new_tokens": 64,
+                     "do_sample": True, "top_k": 50},
+    "sampling": {"do_sample": True},
+}

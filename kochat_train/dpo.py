@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -20,40 +19,13 @@ from transformers import DataCollatorForSeq2Seq, EvalPrediction, PreTrainedModel
 
 from kochat_data.schema import Kind
 from kochat_train import runtime
-from kochat_train.config import TrainConfig, option
 from kochat_train.objectives import dpo_loss, pair_accuracies, sequence_logprobs
-from kochat_train.rm import PAIR_COLUMNS, PAIR_SETS, select_pairs
+from kochat_train.rm import PAIR_COLUMNS, select_pairs
 from kochat_train.runtime import GuardedTrainer, StageResult
 from kochat_train.sft import IGNORE_INDEX, sft_labels
 from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
+from kochat_train.stage_configs import DPOConfig
 from kochat_train.template import encode_examples
-
-LOSSES = ("sigmoid", "ipo")
-
-
-@dataclass
-class DPOConfig(TrainConfig):
-    model: str | None = option(None, "SFT model directory: the policy to train and the frozen reference")
-    beta: float = option(0.1, "β: how far from the reference the implicit reward lets the policy move")
-    loss: str = option("sigmoid", "sigmoid (Rafailov et al. 2023: −log σ(β·Δ)) or ipo (Azar et al. 2023: (Δ − 1/(2β))²)")
-    length_normalize: bool = option(False, "average the log-probs over the response tokens instead of summing them "
-                                    "(against DPO's preference for long answers)")
-    precompute_reference: bool = option(True, "compute the reference's log-probs once before training (one pass over the "
-                                        "pairs) instead of a reference forward at every step")
-    pairs: str = option("all", "train pairs: all, proxy or judge (the shares of `kochat train rm --pairs`)")
-    judge_share: float = option(0.5, "share of train prompts that belongs to the judge (as in `kochat train rm`)")
-    learning_rate: float = option(5e-5, "peak learning rate (linear decay after warmup)")
-
-    def problems(self) -> list[str]:
-        found = super().problems() + ([] if self.model else ["'model' is required (an SFT directory)"])
-        if not self.beta > 0:
-            found.append(f"'beta' must be > 0, got {self.beta}")
-        if self.loss not in LOSSES:
-            found.append(f"'loss' must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.pairs not in PAIR_SETS:
-            found.append(f"'pairs' must be one of {', '.join(PAIR_SETS)}, got {self.pairs!r}")
-        return found
-
 
 def tokenize_preferences(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
     """Per pair: ids and SFT-style labels (−100 on the prompt) of chosen and rejected, and their ranks."""

@@ -11,7 +11,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,75 +22,18 @@ from kochat_data.progress import progress_bar, stderr_console
 from kochat_data.schema import Kind
 from kochat_train import objectives as ops
 from kochat_train import runtime
-from kochat_train.config import TrainConfig, option
 from kochat_train.lora import merge_lora
 from kochat_train.rm import ScalarRewardModel
-from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, token_logprobs
+from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, response_texts, token_logprobs
 from kochat_train.sources import inference_dtype, load_causal_lm, load_reward_model, load_tokenizer, require_same_tokenizer
+from kochat_train.stage_configs import PPOConfig
+from kochat_train.tracking import Tracker, closing_tracker, open_tracker, sample_rows
 
 # A custom reward (tests, experiments): response ids and mask (B, R) → one score per row (B,).
 ScoreFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 STATE_FILE = "ppo_state.pt"
 _RANK_SEED_STRIDE = 1_000_003  # keeps the sampling seeds of different processes apart
-
-
-@dataclass
-class PPOConfig(TrainConfig):
-    sft: str | None = option(None, "SFT model directory: the actor and the frozen reference")
-    rm: str | None = option(None, "reward model directory (the proxy): the frozen reward and the critic's initialisation")
-    judge: str | None = option(None, "reward model PPO never optimises (`kochat train rm --pairs judge`): it only scores the "
-                               "held-out responses of --eval-every, so the curves show where proxy and judge part")
-    eval_every: int = option(0, "every N steps (and before the first), answer a fixed set of held-out prompts and log their "
-                             "proxy and judge scores and KL (0: never)")
-    eval_prompts: int = option(64, "held-out prompts (the build's eval split) answered at each --eval-every")
-    batch_size: int = option(16, "prompts per rollout (one PPO step)")
-    mini_batch_size: int = option(8, "rollouts per gradient update")
-    ppo_epochs: int = option(4, "passes over each rollout batch")
-    learning_rate: float = option(1e-5, "AdamW learning rate of the actor")
-    critic_learning_rate: float | None = option(None, "AdamW learning rate of the critic (default: 2 × learning_rate: its value "
-                                                "head starts from reward scores, not returns, and must catch up faster than the policy moves)")
-    max_new_tokens: int = option(48, "response length limit")
-    temperature: float = option(1.0, "sampling temperature; the log-probs PPO optimises are those of the tempered distribution")
-    top_k: int = option(0, "sample from the k most likely tokens (0: all); anything but 0 makes the updates off-policy")
-    top_p: float = option(1.0, "nucleus sampling mass; below 1 makes the updates off-policy")
-    kl_coef: float = option(0.1, "β of the per-token KL penalty against the reference (initial value if adaptive)")
-    target_kl: float = option(0.0, "adapt β toward this KL per response (0: β stays fixed)")
-    kl_horizon: int = option(400, "rollouts over which the adaptive β moves by at most ±20% (400: ±0.8%% a step of 16 "
-                             "rollouts, up to ×2.2 or ÷2.2 over the pipeline's 100 steps)")
-    gamma: float = option(1.0, "discount of GAE")
-    lam: float = option(0.95, "λ of GAE")
-    clip_range: float = option(0.2, "ε of the clipped policy ratio")
-    value_clip_range: float = option(0.2, "ε of the clipped value change")
-    value_coef: float = option(0.1, "weight of the value loss")
-    missing_eos_penalty: float = option(1.0, "subtracted from the score of responses cut at max_new_tokens, so that "
-                                        "running on past the answer never pays (0: off)")
-
-    def problems(self) -> list[str]:
-        found = super().problems()
-        found += [f"'{name}' is required" for name in ("sft", "rm") if not getattr(self, name)]
-        if self.mini_batch_size < 1 or self.batch_size % max(self.mini_batch_size, 1):
-            found.append(f"'mini_batch_size' ({self.mini_batch_size}) must divide 'batch_size' ({self.batch_size})")
-        if self.eval_every < 0 or self.eval_prompts < 1:
-            found.append(f"'eval_every' must be ≥ 0 and 'eval_prompts' ≥ 1, got {self.eval_every} and {self.eval_prompts}")
-        for name in ("ppo_epochs", "max_new_tokens", "kl_horizon"):
-            if getattr(self, name) < 1:
-                found.append(f"'{name}' must be ≥ 1, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            found.append(f"'temperature' must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            found.append(f"'top_p' must be in (0, 1], got {self.top_p}")
-        if self.kl_coef < 0 or self.target_kl < 0:
-            found.append("'kl_coef' and 'target_kl' must be ≥ 0")
-        if self.critic_learning_rate is not None and not self.critic_learning_rate > 0:
-            found.append(f"'critic_learning_rate' must be > 0, got {self.critic_learning_rate}")
-        if self.top_k < 0:
-            found.append(f"'top_k' must be ≥ 0, got {self.top_k}")
-        return found
-
-    def truncates_sampling(self) -> bool:
-        """Top-k/top-p sample from a distribution other than the one whose log-probs PPO optimises."""
-        return self.top_k > 0 or self.top_p < 1
 
 
 class PPOTrainer:
@@ -160,7 +102,7 @@ class PPOTrainer:
         rewards = ops.kl_penalised_rewards(penalised, logprobs, ref_logprobs, mask, self.kl_coef)
         advantages, returns = ops.gae(rewards, values * mask, mask, self.config.gamma, self.config.lam)
         whitened = ops.whiten(advantages, mask, total=runtime.all_reduce_sum)  # over the global batch under torchrun
-        batch = {"logprobs": logprobs, "values": values * mask, "advantages": whitened, "returns": returns}
+        batch = {"logprobs": logprobs, "values": values * mask, "advantages": whitened, "returns": returns, "scores": scores}
         kl = ((logprobs - ref_logprobs) * mask).sum(dim=1)
         stats = {
             "rm_score": scores.mean().item(),
@@ -312,9 +254,10 @@ def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runti
     runtime.write_config(out, "ppo", config)
     generator = torch.Generator().manual_seed(config.seed)
     started, last = time.perf_counter(), {}
-    with progress_bar(enabled=runtime.is_main_process()) as progress:
+    tracker = open_tracker(config.report_to, out, "ppo", config.to_json()) if runtime.is_main_process() else None
+    with progress_bar(enabled=runtime.is_main_process()) as progress, closing_tracker(tracker):
         task = progress.add_task("train ppo", total=steps, completed=start)
-        held_out_scores = _log_evaluation(trainer, held_out, out, 0) if config.eval_every and start == 0 else {}
+        held_out_scores = _log_evaluation(trainer, held_out, out, 0, tracker) if config.eval_every and start == 0 else {}
         for step in range(start, steps):
             generator.manual_seed(config.seed * 100_003 + step)
             # Each process takes its own slice of the step's global batch of prompts.
@@ -331,11 +274,15 @@ def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runti
             last = {"stage": "ppo", "step": step + 1, **stats}
             if runtime.is_main_process():
                 runtime.append_metrics(out / runtime.METRICS_FILE, last)
+            if tracker:
+                tracker.log(stats, step + 1)
+                if step % config.logging_steps == 0:  # what the scores mean: a few of this step's answers
+                    tracker.log_samples(sample_rows(mine, response_texts(trainer.tokenizer, rollout), batch["scores"].tolist()), step + 1)
             progress.update(task, completed=step + 1,
                             description=f"train ppo · score {stats['rm_score']:.3f} · kl {stats['kl']:.3f}")
             # Logged before the checkpoint of this step: a run resumed from it never evaluates this step again.
             if config.eval_every and ((step + 1) % config.eval_every == 0 or step + 1 == steps):
-                held_out_scores = _log_evaluation(trainer, held_out, out, step + 1)
+                held_out_scores = _log_evaluation(trainer, held_out, out, step + 1, tracker)
             if (step + 1) % config.save_steps == 0 or step + 1 == steps:
                 state = trainer.state(step + 1)
                 if runtime.is_main_process():
@@ -349,11 +296,13 @@ def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runti
     return result
 
 
-def _log_evaluation(trainer: PPOTrainer, prompts: list[str], out: Path, step: int) -> dict[str, float]:
+def _log_evaluation(trainer: PPOTrainer, prompts: list[str], out: Path, step: int, tracker: Tracker | None) -> dict[str, float]:
     """Over-optimisation watch: rank 0 answers the held-out prompts and logs the scores with the step."""
     scores = trainer.evaluate(prompts) if runtime.is_main_process() else {}
     if scores:
         runtime.append_metrics(out / runtime.METRICS_FILE, {"stage": "ppo", "step": step, **scores})
+        if tracker:
+            tracker.log(scores, step)
     runtime.barrier()
     return scores
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import datasets
 import numpy as np
@@ -13,38 +12,14 @@ from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedMode
 
 from kochat_data.schema import Kind
 from kochat_data.split import judge_prompt_ids
-from kochat_train.config import TrainConfig, option
 from kochat_train.objectives import last_token_index, pair_accuracies, pairwise_loss, positions_from_mask
 from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
 from kochat_train.sources import capped_length, init_reward_model, load_tokenizer
+from kochat_train.stage_configs import RewardConfig
 from kochat_train.template import encode_examples
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "chosen_rank", "rejected_rank"]
-
-
-PAIR_SETS = ("all", "proxy", "judge")
-
-
-@dataclass
-class RewardConfig(TrainConfig):
-    model: str | None = option(None, "backbone: an SFT or base directory or hub name (a reward model directory continues training)")
-    pairs: str = option("all", "train pairs: all; proxy (all but the judge share: the RM that PPO optimises); or judge "
-                        "(the judge share: an RM that referees the policy, never seen by the proxy)")
-    judge_share: float = option(0.5, "share of train prompts whose pairs belong to the judge, by a fixed hash of the prompt "
-                                "(the same in every run and for every seed)")
-    relevance_negatives: int = option(0, "per train prompt, this many extra pairs of its best answer against the best answer "
-                                      "of another train prompt (relevance pairs like the data's rank 0 vs 1)")
-
-    def problems(self) -> list[str]:
-        found = super().problems() + ([] if self.model else ["'model' is required (SFT or base directory, or hub name)"])
-        if self.pairs not in PAIR_SETS:
-            found.append(f"'pairs' must be one of {', '.join(PAIR_SETS)}, got {self.pairs!r}")
-        if self.relevance_negatives < 0:
-            found.append(f"'relevance_negatives' must be ≥ 0, got {self.relevance_negatives}")
-        if not 0 < self.judge_share < 1:
-            found.append(f"'judge_share' must be in (0, 1), got {self.judge_share}")
-        return found
 
 
 def select_pairs(pairs: datasets.Dataset, which: str, judge_share: float) -> datasets.Dataset:

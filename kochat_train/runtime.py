@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind, require_columns
 from kochat_train.config import TrainConfig
 from kochat_train.lora import apply_lora, merge_lora
+from kochat_train.tracking import TrackerCallback, closing_tracker, open_tracker
 
 CONFIG_FILE = "kochat_config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -264,6 +265,23 @@ def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_co
     )
 
 
+@torch.no_grad()
+def held_out_loss(model: PreTrainedModel, dataset: datasets.Dataset, collate: Callable[[list[dict]], dict], config: TrainConfig) -> float:
+    """The eval loss the Trainer would report (each batch's mean loss weighted by its size), before training.
+
+    Not `Trainer.evaluate()`: its dataloader draws a seed from the global RNG, so the training
+    that follows would shuffle otherwise than a resumed run, and under torchrun it would run
+    before the model is wrapped for data parallelism.
+    """
+    device = resolve_device(config.device)
+    model.to(device).eval()
+    total = 0.0
+    for start in range(0, len(dataset), config.eval_batch_size):
+        batch = collate(list(dataset.select(range(start, min(start + config.eval_batch_size, len(dataset))))))
+        total += model(**{key: value.to(device) for key, value in batch.items()}).loss.item() * len(batch["input_ids"])
+    return total / len(dataset)
+
+
 class GuardedTrainer(Trainer):
     """A Trainer that stops at the first non-finite loss instead of training on it."""
 
@@ -357,11 +375,14 @@ def fit(
     out = Path(config.out)
     write_config(out, stage, config)
     trainer.remove_callback(PrinterCallback)  # metrics.jsonl and the progress bar replace its prints
-    for callback in (MetricsLog(out / METRICS_FILE, stage), RichProgress(stage), *callbacks):
+    tracker = open_tracker(config.report_to, out, stage, config.to_json()) if is_main_process() else None
+    for callback in (MetricsLog(out / METRICS_FILE, stage), RichProgress(stage), *([TrackerCallback(tracker)] if tracker else []),
+                     *callbacks):
         trainer.add_callback(callback)
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resume_from)
-    final = _final_eval(trainer)
+    with closing_tracker(tracker):
+        train_output = trainer.train(resume_from_checkpoint=resume_from)
+        final = _final_eval(trainer)
     final.update({key: value for key, value in train_output.metrics.items() if key in ("train_loss", "train_runtime")})
     final["wall_seconds"] = round(time.perf_counter() - started, 1)
     return final

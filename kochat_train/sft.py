@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import datasets
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from kochat_data.schema import Kind
-from kochat_train.config import TrainConfig, option
 from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
 from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
+from kochat_train.stage_configs import SFTConfig
 from kochat_train.template import encode_examples
 
 IGNORE_INDEX = -100  # the label value cross-entropy skips in transformers
-
-
-@dataclass
-class SFTConfig(TrainConfig):
-    model: str | None = option(None, "causal LM to fine-tune: hub name or directory (e.g. `kochat train base` output)")
-
-    def problems(self) -> list[str]:
-        return super().problems() + ([] if self.model else ["'model' is required (hub name or directory)"])
 
 
 def sft_labels(input_ids: list[int], response_start: int) -> list[int]:
@@ -62,6 +53,6 @@ def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
         processing_class=tokenizer,
     )
     # Where the starting model stands on the held-out answers: the baseline fine-tuning must beat.
-    start = {"start_eval_loss": trainer.evaluate()["eval_loss"]} if eval_dataset is not None else {}
+    start = {"start_eval_loss": runtime.held_out_loss(model, eval_dataset, trainer.data_collator, config)} if eval_dataset else {}
     metrics = runtime.fit(trainer, config, "sft", resume_from, callbacks)
     return runtime.save_stage(model, tokenizer, config, "sft", {**metrics, **start})

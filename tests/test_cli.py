@@ -90,3 +90,25 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
         reader.wait(timeout=120)
     err = (tmp_path / "stderr").read_text(encoding="utf-8")
     assert reader.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+HELP_COMMANDS = [[], ["data", "build"], ["data", "stats"], ["train"], *(["train", stage] for stage in ("base", "sft", "rm", "ppo", "dpo")),
+                 ["eval"], *(["eval", command] for command in ("rm", "stages", "decoding", "relevance")),
+                 ["generate"], ["chat"], ["score"], ["pipeline"]]
+
+
+def test_help_of_every_command_imports_neither_torch_nor_transformers():
+    probe = ("import sys\nfrom kochat.cli import main\nfor argv in {commands!r}:\n"
+             "    try:\n        main([*argv, '--help'])\n    except SystemExit as done:\n        assert done.code == 0, argv\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe.format(commands=HELP_COMMANDS)], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] in ("[]", "['datasets']")  # datasets loads no torch
+
+
+def test_help_says_what_is_required_and_the_defaults():
+    done = subprocess.run([sys.executable, "-m", "kochat", "eval", "stages", "--help"], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "COLUMNS": "200"})
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip().startswith("--")}
+    assert "(required)" in lines["--data"] and "(default: 0)" in lines["--top-k"] and "(default: 0)" in lines["--seed"]
+    assert "default" not in lines["--judge"]  # no default worth printing (None)

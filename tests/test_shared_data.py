@@ -57,4 +57,5 @@ def test_odd_file_is_rejected_as_rm_with_a_clear_message(shared_data, tmp_path, 
     lines = err.splitlines()
     assert code == 1 and not (tmp_path / "out").exists()
     assert f"{odd}:2: record 1: field 'ranking': missing (expected 3 ints, the rank of each completion, 0 = best)" in lines
-    assert lines[-1] == f"{odd}: 376 of 376 rm records invalid ('ranking' ×376, 'completion_1' ×155)"
+    assert lines[-2] == f"{odd}: 376 of 376 rm records invalid ('ranking' ×376, 'completion_1' ×155)"
+    assert lines[-1].startswith("build refused: nothing written; --on-invalid skip builds from the valid records")
