@@ -1,10 +1,13 @@
-"""Train base → SFT → RM with the `small` preset on the shared KoChatGPT-style data and print the numbers.
+"""Train base → SFT → proxy RM with the `small` preset on the shared KoChatGPT-style data and print the numbers.
 
-    python bench/train_stages.py --shared ../shared/data --out runs/real
+    python bench/train_stages.py --shared ../shared/data --out runs/real [--seed 42] [--precision bf16] [--relevance-negatives 2]
 
 Builds the derived SFT + RM files and the real PPO prompts, then runs each stage in this
-process with the settings below; prints wall time per stage, base perplexity against the
-unigram baseline, SFT eval loss and RM eval accuracy (overall and per rank pair).
+process with the pipeline's settings; prints wall time per stage, base perplexity against the
+unigram baseline, SFT eval loss against its starting model's, the relevance probe of base and
+SFT (`kochat eval relevance`), and the proxy RM's eval accuracy (overall and per rank pair).
+The options are the ablations of issue 16; the numbers before the dialogue-shaped corpus come
+from this script at commit 27ea6a8.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from rich.table import Table
 
 from kochat.pipeline import SHARED, STAGE_DEFAULTS
 from kochat_data.build import BuildConfig, build
+from kochat_eval.relevance import probe_relevance
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.rm import RewardConfig, train_rm
 from kochat_train.sft import SFTConfig, train_sft
@@ -35,28 +39,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("KOCHAT_SHARED_DATA", "../shared/data")))
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast, also on a CPU)")
+    parser.add_argument("--relevance-negatives", type=int, default=0, help="extra relevance pairs per RM train prompt")
     args = parser.parse_args()
+    common = {**COMMON, "seed": args.seed, "precision": args.precision}
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
 
     data = args.out / "data"
     build(BuildConfig(
-        out=data, overwrite=True, on_invalid="skip",
+        out=data, overwrite=True, on_invalid="skip", seed=args.seed,
         sft=[args.shared / "derived" / "kochat_1_SFT_chatbot.jsonl"],
         rm=[args.shared / "derived" / "kochat_2_RM_chatbot.jsonl"],
         ppo=[args.shared / "kochatgpt" / "kochatgpt_3_PPO.jsonl"],
     ))
     seconds = {}
     started = time.perf_counter()
-    base = train_base(BaseConfig(data=data, out=args.out / "base", **BASE, **COMMON))
+    base = train_base(BaseConfig(data=data, out=args.out / "base", **BASE, **common))
     seconds["base"] = time.perf_counter() - started
     started = time.perf_counter()
-    sft = train_sft(SFTConfig(data=data, out=args.out / "sft", model=str(base.out), **SFT, **COMMON))
+    sft = train_sft(SFTConfig(data=data, out=args.out / "sft", model=str(base.out), **SFT, **common))
     seconds["sft"] = time.perf_counter() - started
     started = time.perf_counter()
-    rm = train_rm(RewardConfig(data=data, out=args.out / "rm", model=str(sft.out), **RM, **COMMON))
+    rm = train_rm(RewardConfig(data=data, out=args.out / "rm", model=str(sft.out), pairs="proxy",
+                               relevance_negatives=args.relevance_negatives, **RM, **common))
     seconds["rm"] = time.perf_counter() - started
+    relevance = {stage.out.name: probe_relevance(stage.out, data) for stage in (base, sft)}
 
     table = Table(title=f"{args.out}: small preset, {sum(seconds.values()) / 60:.1f} min in total")
     table.add_column("stage")
@@ -64,7 +74,11 @@ def main() -> None:
     table.add_column("result")
     table.add_row("base", f"{seconds['base']:.0f} s", f"eval perplexity {base.metrics['eval_perplexity']:.1f} "
                   f"(unigram {base.metrics['unigram_perplexity']:.1f}), {base.metrics['train_tokens']:,} train tokens")
-    table.add_row("sft", f"{seconds['sft']:.0f} s", f"eval loss {sft.metrics['eval_loss']:.3f} (response tokens + EOS)")
+    table.add_row("sft", f"{seconds['sft']:.0f} s", f"eval loss {sft.metrics['eval_loss']:.3f} (response tokens + EOS; "
+                  f"{sft.metrics['start_eval_loss']:.3f} before SFT)")
+    for name, probe in relevance.items():
+        table.add_row(f"{name} relevance", "", f"the question lifts the right answer more on {probe['relevance_accuracy']:.3f} "
+                      f"of {probe['pairs']} held-out rank-0-vs-1 pairs (½: ignored)")
     pairs = ", ".join(f"{key.removeprefix('eval_accuracy_')} {value:.3f}" for key, value in rm.metrics.items() if key.startswith("eval_accuracy_"))
     table.add_row("rm", f"{seconds['rm']:.0f} s", f"eval accuracy {rm.metrics['eval_accuracy']:.3f} ({pairs}), "
                   f"mean margin {rm.metrics['eval_mean_margin']:.2f}")

@@ -75,7 +75,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
 
     import datasets
     import transformers
-    from rich.console import Console
+    from kochat_data.console import make_console
 
     from kochat.pipeline import load_pipeline_config, run_pipeline
     from rich.markup import escape
@@ -88,10 +88,10 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     transformers.logging.disable_progress_bar()
     config = load_pipeline_config(args.config, out=args.out, data_dir=args.data_dir, sft=args.sft, rm=args.rm, ppo=args.ppo,
                                   model=args.model, preset=args.preset, seed=args.seed, force=args.force)
-    console = Console(stderr=True, soft_wrap=True)
+    console = make_console(stderr=True)
     started = time.perf_counter()
     report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {escape(line)}"))
-    out = Console()
+    out = make_console(soft_wrap=False)
     for result in report["reward_models"].values():
         out.print(rm_table(result))
     print_stage_table(out, report)

@@ -227,8 +227,9 @@ def run_score(args: argparse.Namespace) -> int:
         for prompt, response, reward in zip(prompts, responses, rewards, strict=True):
             print(json.dumps({"prompt": prompt, "response": response, "reward": reward}, ensure_ascii=False))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from kochat_data.console import make_console
 
     table = Table(title=f"rewards from {args.model}")
     for header in ("#", "prompt", "response", "reward"):
@@ -236,7 +237,7 @@ def run_score(args: argparse.Namespace) -> int:
         table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric, overflow="ellipsis" if numeric else "fold")
     for number, (prompt, response, reward) in enumerate(zip(prompts, responses, rewards, strict=True), start=1):
         table.add_row(str(number), prompt, response, f"{reward:.4f}")
-    Console().print(table)
+    make_console(soft_wrap=False).print(table)
     return 0
 
 

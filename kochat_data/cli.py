@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import datasets
-from rich.console import Console
+from kochat_data.console import make_console
 from rich.table import Table
 
 from kochat_data.build import ON_INVALID, BuildConfig, build
@@ -17,7 +17,7 @@ from kochat_data.schema import Kind
 from kochat_data.stats import collect_stats, render_stats
 from kochat_data.validate import validate_file
 
-console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
+console = make_console()
 
 
 def register(data: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.console import Console
+from kochat_data.console import make_console
 from rich.table import Table
 
 from kochat_data.errors import UsageError
@@ -18,7 +18,7 @@ from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, pa
 # The commands' functions import torch and transformers (seconds), so they are imported when a
 # command runs: `kochat eval … --help` needs neither.
 
-console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
+console = make_console()
 
 
 def register(evaluate: argparse.ArgumentParser) -> None:

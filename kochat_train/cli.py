@@ -53,7 +53,7 @@ def run_stage(args: argparse.Namespace) -> int:
     config = resolve_config(args.config_class, args.config, **overrides)
     import datasets
     import transformers
-    from rich.console import Console
+    from kochat_data.console import make_console
 
     from kochat_train.runtime import is_main_process
 
@@ -62,7 +62,7 @@ def run_stage(args: argparse.Namespace) -> int:
     transformers.logging.disable_progress_bar()
     module, function = STAGES[args.stage][1].split(":")
     result = getattr(importlib.import_module(module), function)(config)
-    console = Console(soft_wrap=True)  # a message line stays one line, whatever the width
+    console = make_console()
     if is_main_process():  # under torchrun every rank returns the same result
         console.print(f"[bold]{args.stage}[/] → {result.out}")
         console.print_json(json.dumps(result.metrics))

@@ -149,9 +149,12 @@ def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     eval_features = tokenize_preferences(data["eval"], tokenizer, max_length) if len(data["eval"]) else None
     started = time.perf_counter()
     if config.precompute_reference:
-        reference.to(runtime.resolve_device(config.device))
-        train_features = with_reference_logprobs(train_features, reference, collate, config)
-        eval_features = with_reference_logprobs(eval_features, reference, collate, config) if eval_features is not None else None
+        device = runtime.resolve_device(config.device)
+        reference.to(device)
+        # Under the autocast the steps will run in, so that the implicit rewards start at 0 in bf16 too.
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config.precision, device)):
+            train_features = with_reference_logprobs(train_features, reference, collate, config)
+            eval_features = with_reference_logprobs(eval_features, reference, collate, config) if eval_features is not None else None
         reference = None  # every step reads the stored log-probs
     reference_seconds = time.perf_counter() - started
     trainer = PreferenceTrainer(

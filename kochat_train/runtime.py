@@ -231,10 +231,16 @@ def planned_steps(rows: int, config: TrainConfig, world: int) -> int:
     return config.min_steps if per_epoch * config.epochs < config.min_steps else -1
 
 
+def uses_bf16(precision: str, device: str) -> bool:
+    """bf16 autocast (weights stay fp32): asked for, or by default on a CUDA GPU that supports it."""
+    return precision == "bf16" or (precision == "auto" and device == "cuda" and torch.cuda.is_bf16_supported())
+
+
 def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_columns: bool = True, evaluate: bool = True) -> TrainingArguments:
     """Trainer arguments from a stage config (under torchrun, per process: batch_size is per device)."""
     device = resolve_device(config.device)
     cuda = device == "cuda"
+    bf16 = uses_bf16(config.precision, device)
     return TrainingArguments(
         output_dir=str(Path(config.out) / CHECKPOINTS),
         per_device_train_batch_size=config.batch_size,
@@ -255,8 +261,8 @@ def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_co
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=device == "cpu",
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        bf16=bf16,
+        fp16=config.precision == "auto" and cuda and not bf16,
         dataloader_pin_memory=cuda,
         train_sampling_strategy=config.sampling,
         remove_unused_columns=remove_unused_columns,

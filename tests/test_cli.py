@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, SAMPLE, write_array, write_lines
 
 
@@ -112,3 +114,25 @@ def test_help_says_what_is_required_and_the_defaults():
     lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip().startswith("--")}
     assert "(required)" in lines["--data"] and "(default: 0)" in lines["--top-k"] and "(default: 0)" in lines["--seed"]
     assert "default" not in lines["--judge"]  # no default worth printing (None)
+
+
+@pytest.fixture
+def closed_pipe_commands(sample_data, tiny_base, tiny_rm):
+    return {
+        "data stats": ["data", "stats", str(sample_data), "--json"],
+        "eval stages": ["eval", "stages", "--stage", f"sft={tiny_base}", "--reward-model", str(tiny_rm), "--data", str(sample_data),
+                        "--max-prompts", "2", "--max-new-tokens", "4"],
+        "generate": ["generate", "--model", str(tiny_base), "안녕", "--max-new-tokens", "4"],
+        "score": ["score", "--model", str(tiny_rm), "--prompt", "안녕", "반가워요"],
+    }
+
+
+@pytest.mark.parametrize("command", ["data stats", "eval stages", "generate", "score"])
+def test_a_reader_gone_before_the_first_line_ends_each_command_quietly(command, closed_pipe_commands, tmp_path):
+    with (tmp_path / "stderr").open("wb") as errors:
+        writer = subprocess.Popen([sys.executable, "-m", "kochat", *closed_pipe_commands[command]], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=errors)
+        writer.stdout.close()  # as `| head -0` does: every write fails
+        writer.wait(timeout=300)
+    err = (tmp_path / "stderr").read_text(encoding="utf-8")
+    assert writer.returncode in (0, 141) and "Traceback" not in err and "BrokenPipe" not in err, err[-2000:]

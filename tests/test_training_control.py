@@ -1,5 +1,6 @@
 """Resume, NaN guard, LoRA and KoGPT-2 special tokens on the tiny preset."""
 
+import math
 import json
 
 import datasets
@@ -177,3 +178,12 @@ def test_resume_forgets_a_metrics_line_torn_by_a_kill(tmp_path):
     log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.2}\n{"step": 4, "lo', encoding="utf-8")
     drop_metrics_after(log, step=3)
     assert log.read_text(encoding="utf-8") == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.2}\n'
+
+
+def test_bf16_autocast_trains_on_a_cpu_and_keeps_fp32_weights(tiny_base, sample_data, tmp_path):
+    from kochat_train.runtime import uses_bf16
+
+    assert uses_bf16("bf16", "cpu") and not uses_bf16("auto", "cpu") and not uses_bf16("fp32", "cuda")
+    result = train_sft(SFTConfig(data=sample_data, out=tmp_path / "sft", model=str(tiny_base), max_steps=2, precision="bf16", **TINY))
+    assert math.isfinite(result.metrics["eval_loss"])
+    assert {p.dtype for p in AutoModelForCausalLM.from_pretrained(result.out).parameters()} == {torch.float32}
