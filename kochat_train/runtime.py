@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,20 +272,27 @@ def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_co
 
 
 @torch.no_grad()
-def held_out_loss(model: PreTrainedModel, dataset: datasets.Dataset, collate: Callable[[list[dict]], dict], config: TrainConfig) -> float:
-    """The eval loss the Trainer would report (each batch's mean loss weighted by its size), before training.
+def held_out_loss(trainer: Trainer) -> float:
+    """The trainer's eval loss of its model as it stands now (before training: the baseline to beat).
 
-    Not `Trainer.evaluate()`: its dataloader draws a seed from the global RNG, so the training
-    that follows would shuffle otherwise than a resumed run, and under torchrun it would run
-    before the model is wrapped for data parallelism.
+    The same batches as the Trainer's evaluations (its eval dataloader: length-grouped, seeded, a
+    shard per process) and the same mean (each batch's loss weighted by its rows), but the model is
+    run directly: a Trainer's evaluate() before train() would prepare it for evaluation and keep
+    torchrun's gradient averaging from being set up. The RNG is forked because building the
+    dataloader draws a seed, and the training that follows must shuffle as a resumed run does.
     """
-    device = resolve_device(config.device)
+    model, device = trainer.model, trainer.args.device
+    was_training = model.training
     model.to(device).eval()
-    total = 0.0
-    for start in range(0, len(dataset), config.eval_batch_size):
-        batch = collate(list(dataset.select(range(start, min(start + config.eval_batch_size, len(dataset))))))
-        total += model(**{key: value.to(device) for key, value in batch.items()}).loss.item() * len(batch["input_ids"])
-    return total / len(dataset)
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # Σ loss × rows, Σ rows
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for batch in trainer.get_eval_dataloader():
+            rows = len(batch["input_ids"])
+            loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
+            total += torch.stack([loss.double() * rows, torch.tensor(float(rows), dtype=torch.float64, device=device)])
+    model.train(was_training)
+    summed = all_reduce_sum(total)
+    return (summed[0] / summed[1]).item()
 
 
 class GuardedTrainer(Trainer):

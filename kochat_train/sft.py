@@ -53,6 +53,6 @@ def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
         processing_class=tokenizer,
     )
     # Where the starting model stands on the held-out answers: the baseline fine-tuning must beat.
-    start = {"start_eval_loss": runtime.held_out_loss(model, eval_dataset, trainer.data_collator, config)} if eval_dataset else {}
+    start = {"start_eval_loss": runtime.held_out_loss(trainer)} if eval_dataset is not None else {}
     metrics = runtime.fit(trainer, config, "sft", resume_from, callbacks)
     return runtime.save_stage(model, tokenizer, config, "sft", {**metrics, **start})

@@ -152,18 +152,20 @@ def test_relevance_negatives_pair_each_best_answer_with_other_prompts_best_answe
     assert relevance_negatives(pairs, per_prompt=1, seed=0)["rejected"] == one["rejected"]  # seeded
 
 
-def test_sft_records_where_the_starting_model_stood_as_the_trainer_would_measure_it(tiny_base, sample_data, tmp_path):
-    result = train_sft(SFTConfig(data=sample_data, out=tmp_path / "sft", model=str(tiny_base), max_steps=2, **TINY))
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+def test_sft_records_where_the_starting_model_stood_as_its_trainer_measures_it(tiny_base, sample_data, tmp_path):
+    from transformers import DataCollatorForSeq2Seq, Trainer
 
+    from kochat_train.runtime import training_arguments
     from kochat_train.sft import IGNORE_INDEX, tokenize_sft
 
+    config = SFTConfig(data=sample_data, out=tmp_path / "sft", model=str(tiny_base), max_steps=2, **{**TINY, "eval_batch_size": 4})
+    result = train_sft(config)
     tokenizer = load_tokenizer(tiny_base)
-    eval_rows = datasets.load_from_disk(str(sample_data / "sft"))["eval"]
+    data = datasets.load_from_disk(str(sample_data / "sft"))
+    # The eval batches of the stage's own arguments (length-grouped): a loss averaged over other batches differs.
     trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_base), processing_class=tokenizer,
-                      args=TrainingArguments(output_dir=str(tmp_path / "t"), per_device_eval_batch_size=TINY["eval_batch_size"],
-                                             report_to="none", use_cpu=True),
+                      args=training_arguments(config, len(data["train"])), eval_dataset=tokenize_sft(data["eval"], tokenizer, TINY["max_length"]),
                       data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX))
-    expected = trainer.evaluate(tokenize_sft(eval_rows, tokenizer, TINY["max_length"]))["eval_loss"]
-    assert result.metrics["start_eval_loss"] == pytest.approx(expected, rel=1e-5)
+    expected = trainer.evaluate()["eval_loss"]
+    assert result.metrics["start_eval_loss"] == pytest.approx(expected, rel=1e-6)
     assert result.metrics["eval_loss"] < result.metrics["start_eval_loss"]

@@ -47,3 +47,12 @@ def test_an_unknown_tracker_is_refused_with_the_config():
 def test_sample_rows_keeps_the_first_few():
     rows = sample_rows(["q1", "q2", "q3"], ["a1", "a2", "a3"], [0.5, 1.0, -1.0], count=2)
     assert rows == [{"prompt": "q1", "response": "a1", "score": 0.5}, {"prompt": "q2", "response": "a2", "score": 1.0}]
+
+
+def test_wandb_offline_gets_the_same_run(tiny_base, sample_data, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is an optional extra, not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train_sft(SFTConfig(data=sample_data, out=tmp_path / "sft", model=str(tiny_base), max_steps=2, report_to="wandb", **TINY))
+    [run] = (tmp_path / "sft" / "wandb").glob("offline-run-*")
+    assert list(run.glob("*.wandb"))  # the run's log, ready for `wandb sync`
