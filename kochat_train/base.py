@@ -19,7 +19,7 @@ from kochat_train.runtime import (
     GuardedTrainer, StageResult, fit, load_stage_data, prepare_output, require_build_directory, save_stage, training_arguments,
 )
 from kochat_train.stage_configs import BaseConfig
-from kochat_train.template import encode_examples, render_prompt
+from kochat_train.template import IGNORE_INDEX, PROMPT_TEMPLATE, encode_examples, render_prompt
 
 # pad is its own token so padding never looks like an end of text.
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -64,12 +64,28 @@ class Corpus:
     def strings(self) -> list[str]:
         return [render_prompt(prompt) + answer for prompt, answer in self.dialogues] + self.texts
 
-    def token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
-        """Each document's ids and EOS; a dialogue's are exactly those SFT and the RM train on (`encode_examples`)."""
+    def token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], list[int]]]:
+        """Each document's ids and EOS, and the labels the model learns from them.
+
+        A dialogue's ids are exactly those SFT and the RM train on (`encode_examples`); its labels
+        leave out the template's markers, which the model reads but is never taught to write
+        (on a small corpus they are the most frequent text, and a base that learned them best
+        made its SFT model answer with `### Response(응답):` lines).
+        """
         longest = 1 << 30  # no truncation: packing cuts the stream into blocks
-        dialogues = [ids for ids, _ in encode_examples(tokenizer, [p for p, _ in self.dialogues], [a for _, a in self.dialogues], longest)]
-        texts = [ids + [tokenizer.eos_token_id] for ids in tokenizer(self.texts, add_special_tokens=False)["input_ids"]] if self.texts else []
-        return dialogues + texts
+        questions = [p for p, _ in self.dialogues]
+        prefix, suffix = (tokenizer(marker, add_special_tokens=False)["input_ids"] for marker in PROMPT_TEMPLATE.split("{prompt}"))
+        documents = []
+        for (ids, start), question in zip(encode_examples(tokenizer, questions, [a for _, a in self.dialogues], longest),
+                                          tokenizer(questions, add_special_tokens=False)["input_ids"] if questions else [], strict=True):
+            labels = list(ids)
+            if ids[:start] == prefix + question + suffix:  # the markers are tokens of their own (else they are learned)
+                labels[: len(prefix)] = [IGNORE_INDEX] * len(prefix)
+                labels[start - len(suffix) : start] = [IGNORE_INDEX] * len(suffix)
+            documents.append((ids, labels))
+        for ids in tokenizer(self.texts, add_special_tokens=False)["input_ids"] if self.texts else []:
+            documents.append((ids + [tokenizer.eos_token_id], ids + [tokenizer.eos_token_id]))
+        return documents
 
     def __len__(self) -> int:
         return len(self.dialogues) + len(self.texts)
@@ -90,16 +106,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
-def pack_blocks(documents: list[list[int]], block_size: int) -> np.ndarray:
-    """Documents (each ending in EOS) joined and cut into (N, block_size) blocks; a short corpus gives one shorter block."""
-    stream = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in documents]) if documents else np.zeros(0, np.int64)
-    if len(stream) < block_size:
-        return stream[None, :]
-    return stream[: len(stream) // block_size * block_size].reshape(-1, block_size)
+def pack_blocks(documents: list[tuple[list[int], list[int]]], block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Documents' (ids, labels), each ending in EOS, joined and cut into (N, block_size) blocks of
+    ids and of labels; a short corpus gives one shorter block."""
+    streams = [np.concatenate([np.asarray(doc[i], dtype=np.int64) for doc in documents]) if documents else np.zeros(0, np.int64)
+               for i in (0, 1)]
+    if len(streams[0]) < block_size:
+        return streams[0][None, :], streams[1][None, :]
+    usable = len(streams[0]) // block_size * block_size
+    return streams[0][:usable].reshape(-1, block_size), streams[1][:usable].reshape(-1, block_size)
 
 
-def _block_dataset(blocks: np.ndarray) -> datasets.Dataset:
-    return datasets.Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()})
+def _block_dataset(blocks: tuple[np.ndarray, np.ndarray]) -> datasets.Dataset:
+    ids, labels = blocks
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
 
 
 def train_base(config: BaseConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
@@ -123,16 +143,18 @@ def train_base(config: BaseConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     ))
     trainer = GuardedTrainer(
         model=model,
-        args=training_arguments(config, len(train_blocks), evaluate=eval_blocks is not None),
+        args=training_arguments(config, len(train_blocks[0]), evaluate=eval_blocks is not None),
         train_dataset=_block_dataset(train_blocks),
         eval_dataset=_block_dataset(eval_blocks) if eval_blocks is not None else None,
         data_collator=default_data_collator,
         processing_class=tokenizer,
     )
     metrics = fit(trainer, config, "base", resume_from, callbacks)
-    metrics["train_tokens"] = int(train_blocks.size)
+    metrics["train_tokens"] = int(train_blocks[0].size)
     if eval_blocks is not None:
         metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
-        # The LM predicts every block position but the first; score the baseline on the same tokens.
-        metrics["unigram_perplexity"] = unigram_perplexity(train_blocks.ravel(), eval_blocks[:, 1:].ravel(), len(tokenizer))
+        # The LM predicts the labelled positions after the first of each block; score the baseline on the same tokens.
+        train_labels, eval_labels = train_blocks[1].ravel(), eval_blocks[1][:, 1:].ravel()
+        metrics["unigram_perplexity"] = unigram_perplexity(train_labels[train_labels != IGNORE_INDEX],
+                                                           eval_labels[eval_labels != IGNORE_INDEX], len(tokenizer))
     return save_stage(model, tokenizer, config, "base", metrics)

@@ -12,9 +12,8 @@ from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
 from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
 from kochat_train.stage_configs import SFTConfig
-from kochat_train.template import encode_examples
+from kochat_train.template import IGNORE_INDEX, encode_examples
 
-IGNORE_INDEX = -100  # the label value cross-entropy skips in transformers
 
 
 def sft_labels(input_ids: list[int], response_start: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 PROMPT_TEMPLATE = "### Instruction(명령어):\n{prompt}\n\n### Response(응답):"
+IGNORE_INDEX = -100  # the label value cross-entropy skips in transformers
 
 
 def render_prompt(prompt: str) -> str:

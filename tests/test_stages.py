@@ -14,17 +14,19 @@ from kochat_train.base import Corpus, pack_blocks
 from kochat_train.rm import PairCollator, RewardConfig, ScalarRewardModel, pair_metrics, tokenize_pairs, train_rm
 from kochat_train.sft import SFTConfig, train_sft
 from kochat_train.sources import init_reward_model, load_reward_model, load_tokenizer
-from kochat_train.template import encode_examples, render_prompt
+from kochat_train.template import PROMPT_TEMPLATE, encode_examples, render_prompt
 
 
 def parameters(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def test_pack_blocks_joins_documents_and_cuts_full_blocks():
-    documents = [[5, 6, 2], [7, 2], [8, 9, 10, 2]]
-    assert pack_blocks(documents, block_size=3).tolist() == [[5, 6, 2], [7, 2, 8], [9, 10, 2]]
-    assert pack_blocks([[7, 2]], block_size=64).tolist() == [[7, 2]]  # one short block
+def test_pack_blocks_joins_documents_and_cuts_full_blocks_of_ids_and_labels():
+    documents = [([5, 6, 2], [-100, 6, 2]), ([7, 2], [7, 2]), ([8, 9, 10, 2], [8, 9, 10, 2])]
+    ids, labels = pack_blocks(documents, block_size=3)
+    assert ids.tolist() == [[5, 6, 2], [7, 2, 8], [9, 10, 2]]
+    assert labels.tolist() == [[-100, 6, 2], [7, 2, 8], [9, 10, 2]]
+    assert [block.tolist() for block in pack_blocks([([7, 2], [7, 2])], block_size=64)] == [[[7, 2]], [[7, 2]]]  # one short block
 
 
 def test_the_corpus_puts_each_answer_after_its_question_in_the_template(tiny_base):
@@ -38,9 +40,15 @@ def test_the_corpus_puts_each_answer_after_its_question_in_the_template(tiny_bas
     assert corpus.dialogues == [("질문 하나", "답 하나"), ("질문 둘", "좋은 답")]
     assert corpus.texts == ["질문 셋"]
     tokenizer = load_tokenizer(tiny_base)
-    ids = corpus.token_ids(tokenizer)
-    assert ids[0] == encode_examples(tokenizer, ["질문 하나"], ["답 하나"], 1000)[0][0]  # what SFT trains on, EOS included
-    assert ids[2] == tokenizer("질문 셋", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    documents = corpus.token_ids(tokenizer)
+    [(ids, start)] = encode_examples(tokenizer, ["질문 하나"], ["답 하나"], 1000)
+    assert documents[0][0] == ids  # what SFT trains on, EOS included
+    # the labels leave out the template's markers and keep the question, the answer and the EOS
+    prefix, suffix = (tokenizer(marker, add_special_tokens=False)["input_ids"] for marker in PROMPT_TEMPLATE.split("{prompt}"))
+    question = tokenizer("질문 하나", add_special_tokens=False)["input_ids"]
+    assert documents[0][1] == [-100] * len(prefix) + question + [-100] * len(suffix) + ids[start:]
+    text = tokenizer("질문 셋", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert documents[2] == (text, text)
     assert corpus.strings()[0] == render_prompt("질문 하나") + "답 하나"
     assert Corpus.of(data, "train").without(corpus).dialogues == []
 
