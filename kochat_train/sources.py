@@ -69,8 +69,17 @@ def inference_dtype(device: str) -> torch.dtype:
 
 
 def load_causal_lm(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A causal LM in `dtype` (fp32 by default: a checkpoint saved in fp16 must not train in pure half precision)."""
-    return _align(_from_pretrained(AutoModelForCausalLM, source, dtype=dtype), tokenizer)
+    """A causal LM in `dtype` (fp32 by default: a checkpoint saved in fp16 must not train in pure half precision).
+
+    A reward model directory is refused: its backbone would load with a language-model head tied to
+    the embeddings, and answer with fluent-looking noise instead of an error.
+    """
+    model = _from_pretrained(AutoModelForCausalLM, source, dtype=dtype)
+    architectures = getattr(model.config, "architectures", None) or []
+    if architectures and all(name.endswith("ForSequenceClassification") for name in architectures):
+        raise UsageError(f"{source}: a reward model ({', '.join(architectures)}), not a language model; pass a base, SFT, PPO "
+                         "or DPO directory")
+    return _align(model, tokenizer)
 
 
 def load_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

@@ -178,3 +178,11 @@ def test_texts_far_longer_than_the_positions_are_cut_in_every_stage_and_eval(run
         extra = steps if command[0] == "train" else []
         code, _, err = run_cli(*command, "--data", data, *extra)
         assert code == 0, (command, err)
+
+
+def test_a_reward_model_where_a_language_model_is_expected_is_refused(tiny_rm, sample_data, run_cli):
+    code, _, err = run_cli("generate", "--model", tiny_rm, "안녕")
+    assert code == 2 and err.strip() == f"{tiny_rm}: a reward model (GPT2ForSequenceClassification), not a language model; " \
+                                         "pass a base, SFT, PPO or DPO directory"
+    code, _, err = run_cli("eval", "relevance", "--model", tiny_rm, "--data", sample_data)
+    assert code == 2 and "not a language model" in err
