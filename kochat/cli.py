@@ -75,11 +75,10 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
 
     import datasets
     import transformers
-    from kochat_data.console import make_console
-
-    from kochat.pipeline import load_pipeline_config, run_pipeline
     from rich.markup import escape
 
+    from kochat.pipeline import load_pipeline_config, run_pipeline
+    from kochat_data.console import make_console
     from kochat_eval.cli import rm_table
     from kochat_eval.report import print_stage_table
 

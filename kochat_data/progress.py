@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import time
 
-from kochat_data.console import stderr_console
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, Task, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
+from kochat_data.console import stderr_console
 
 # Seconds between plain progress lines when stderr is a file or a pipe (a log, CI).
 PLAIN_INTERVAL_ENV = "KOCHAT_PROGRESS_SECONDS"

@@ -29,10 +29,9 @@ def relevance_accuracy(conditional: np.ndarray, unconditional: np.ndarray) -> di
     """From (N, 2) log-probs of [right, other] answers with and without the question: the share of
     pairs where the question lifts the right answer more (tie = wrong), and the mean lifts."""
     lift = conditional - unconditional
-    return {"relevance_accuracy": float(np.mean(lift[:, 0] > lift[:, 1])) if len(lift) else float("nan"),
-            "conditional_accuracy": float(np.mean(conditional[:, 0] > conditional[:, 1])) if len(lift) else float("nan"),
-            "mean_lift_right": float(lift[:, 0].mean()) if len(lift) else float("nan"),
-            "mean_lift_other": float(lift[:, 1].mean()) if len(lift) else float("nan")}
+    return {"relevance_accuracy": float(np.mean(lift[:, 0] > lift[:, 1])),
+            "conditional_accuracy": float(np.mean(conditional[:, 0] > conditional[:, 1])),
+            "mean_lift_right": float(lift[:, 0].mean()), "mean_lift_other": float(lift[:, 1].mean())}
 
 
 @torch.no_grad()

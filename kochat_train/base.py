@@ -109,12 +109,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
 def pack_blocks(documents: list[tuple[list[int], list[int]]], block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Documents' (ids, labels), each ending in EOS, joined and cut into (N, block_size) blocks of
     ids and of labels; a short corpus gives one shorter block."""
-    streams = [np.concatenate([np.asarray(doc[i], dtype=np.int64) for doc in documents]) if documents else np.zeros(0, np.int64)
-               for i in (0, 1)]
-    if len(streams[0]) < block_size:
-        return streams[0][None, :], streams[1][None, :]
-    usable = len(streams[0]) // block_size * block_size
-    return streams[0][:usable].reshape(-1, block_size), streams[1][:usable].reshape(-1, block_size)
+    ids, labels = (np.concatenate([np.asarray(doc[side], dtype=np.int64) for doc in documents]) if documents else np.zeros(0, np.int64)
+                   for side in (0, 1))
+    if len(ids) < block_size:
+        return ids[None, :], labels[None, :]
+    usable = len(ids) // block_size * block_size
+    return ids[:usable].reshape(-1, block_size), labels[:usable].reshape(-1, block_size)
 
 
 def _block_dataset(blocks: tuple[np.ndarray, np.ndarray]) -> datasets.Dataset:

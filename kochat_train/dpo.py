@@ -22,10 +22,11 @@ from kochat_train import runtime
 from kochat_train.objectives import dpo_loss, pair_accuracies, sequence_logprobs
 from kochat_train.rm import PAIR_COLUMNS, select_pairs
 from kochat_train.runtime import GuardedTrainer, StageResult
-from kochat_train.sft import IGNORE_INDEX, sft_labels
+from kochat_train.sft import sft_labels
 from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
 from kochat_train.stage_configs import DPOConfig
-from kochat_train.template import encode_examples
+from kochat_train.template import IGNORE_INDEX, encode_examples
+
 
 def tokenize_preferences(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
     """Per pair: ids and SFT-style labels (−100 on the prompt) of chosen and rejected, and their ranks."""

@@ -284,15 +284,14 @@ def held_out_loss(trainer: Trainer) -> float:
     model, device = trainer.model, trainer.args.device
     was_training = model.training
     model.to(device).eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # Σ loss × rows, Σ rows
+    weighted, rows = 0.0, 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for batch in trainer.get_eval_dataloader():
-            rows = len(batch["input_ids"])
-            loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
-            total += torch.stack([loss.double() * rows, torch.tensor(float(rows), dtype=torch.float64, device=device)])
+            weighted += model(**{key: value.to(device) for key, value in batch.items()}).loss.item() * len(batch["input_ids"])
+            rows += len(batch["input_ids"])
     model.train(was_training)
-    summed = all_reduce_sum(total)
-    return (summed[0] / summed[1]).item()
+    weighted, rows = all_reduce_sum(torch.tensor([weighted, rows], dtype=torch.float64, device=device)).tolist()
+    return weighted / rows
 
 
 class GuardedTrainer(Trainer):

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from transformers import TrainerCallback
 
+
 class Tracker(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
 
