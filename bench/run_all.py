@@ -27,7 +27,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))  # seed_training and training_workloads sit beside this file
 
-WORKLOADS = ("data", "rm", "rollout", "sft")
+WORKLOADS = ("data", "rm", "rollout", "sft", "peers")
 WORDS = ("오늘 내일 친구 회사 여행 음식 공부 운동 날씨 영화 음악 책 커피 주말 가족 건강 시간 돈 사랑 고민 "
          "방법 추천 이유 어떻게 왜 언제 어디 좋은 나쁜 쉬운 빠른 조용한 맛있는 새로운").split()
 
@@ -73,9 +73,26 @@ def bench_data(out: Path, records: int) -> list[dict]:
     ]
 
 
-def row(workload: str, ours: float, seed: float, target: str, needed: float, inverse: bool = False) -> dict:
-    ratio = seed / ours if inverse else ours / seed
-    return {"workload": workload, "kochat": ours, "seed_style": seed, "ratio": ratio, "target": target, "met": ratio >= needed}
+def row(workload: str, ours: float, other: float, target: str, needed: float | bool, inverse: bool = False,
+        baseline: str = "seed-style") -> dict:
+    """One table row. `needed` is the ratio to reach, or (for a metric row, where a ratio means nothing) whether it is met."""
+    if isinstance(needed, bool):
+        ratio, met = None, needed
+    else:
+        ratio = other / ours if inverse else ours / other
+        met = ratio >= needed
+    return {"workload": workload, "kochat": ours, "baseline": baseline, "other": other, "ratio": ratio, "target": target, "met": met}
+
+
+def print_rows(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for name in ("workload", "kochat", "baseline", "ratio", "target", "met"):
+        table.add_column(name, justify="left" if name == "workload" else "right")
+    for item in rows:
+        figure = "{:,.1f}" if item["ratio"] is not None else "{:.3f}"
+        table.add_row(item["workload"], figure.format(item["kochat"]), f"{item['baseline']} {figure.format(item['other'])}",
+                      "" if item["ratio"] is None else f"{item['ratio']:.2f}×", item["target"], "yes" if item["met"] else "[red]no[/]")
+    Console(width=170).print(table)
 
 
 def main() -> None:
@@ -87,6 +104,8 @@ def main() -> None:
     parser.add_argument("--rm-pairs", type=int, default=256)
     parser.add_argument("--sft-examples", type=int, default=2048)
     parser.add_argument("--rollout-batches", type=int, default=4)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="of SFT FLOP/s and the TRL comparison (auto: kochat's default; TRL gets what kochat's SFT uses)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -110,15 +129,14 @@ def main() -> None:
         if "rollout" in args.only:
             measured += workloads.bench_rollout(data, base, args.rollout_batches, batch_size=16, new_tokens=48)
         if "sft" in args.only:
-            measured += workloads.bench_sft(args.out, data, base, args.sft_examples, batch_size=16)
+            measured += workloads.bench_sft(args.out, data, base, args.sft_examples, batch_size=16, precision=args.precision)
         rows += [row(*item) for item in measured]
-    table = Table(title=title)
-    for name in ("workload", "kochat", "seed-style", "ratio", "target", "met"):
-        table.add_column(name, justify="left" if name == "workload" else "right")
-    for item in rows:
-        table.add_row(item["workload"], f"{item['kochat']:,.1f}", f"{item['seed_style']:,.1f}", f"{item['ratio']:.2f}×",
-                      item["target"], "yes" if item["met"] else "[red]no[/]")
-    Console(width=160).print(table)
+        if "peers" in args.only:
+            import peers
+
+            rows += [row(*item, baseline="TRL") for item in peers.run_peers(args.out, args.shared, args.sft_examples // 2,
+                                                                             args.rm_pairs * 2, args.rm_pairs, args.precision)]
+    print_rows(rows, title)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import kochat_data
+from kochat_data.arrow_layout import write_dataset_dict
 from kochat_data.atomic import atomic_directory, check_writable
 from kochat_data.errors import UsageError
 from kochat_data.pairs import expand_pairs
@@ -175,14 +176,8 @@ def _split_tables(kind: Kind, rows: KindRows, eval_ids: list[str], seed: int) ->
 
 def _save(kind: Kind, tables: dict[str, pa.Table], out: Path, config: BuildConfig, inputs: list[dict]) -> None:
     identity = json.dumps([inputs, config.seed, config.eval_ratio, kind.value], sort_keys=True)
-    splits = {}
-    for split in SPLITS:
-        fingerprint = hashlib.sha256(f"{identity}:{split}".encode()).hexdigest()[:16]
-        splits[split] = datasets.Dataset(tables[split], info=datasets.DatasetInfo(features=FEATURES[kind]), fingerprint=fingerprint)
-    # datasets writes an empty split as zero shards, which load_from_disk cannot read back;
-    # one explicit (empty) shard loads as a split of 0 rows.
-    empty = {split: 1 for split, table in tables.items() if table.num_rows == 0}
-    datasets.DatasetDict(splits).save_to_disk(str(out), num_shards=empty or None)
+    fingerprints = {split: hashlib.sha256(f"{identity}:{split}".encode()).hexdigest()[:16] for split in SPLITS}
+    write_dataset_dict(out, tables, FEATURES[kind].to_dict(), fingerprints)
 
 
 def _manifest_header(

@@ -153,7 +153,7 @@ def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
         device = runtime.resolve_device(config.device)
         reference.to(device)
         # Under the autocast the steps will run in, so that the implicit rewards start at 0 in bf16 too.
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config.precision, device)):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config, device)):
             train_features = with_reference_logprobs(train_features, reference, collate, config)
             eval_features = with_reference_logprobs(eval_features, reference, collate, config) if eval_features is not None else None
         reference = None  # every step reads the stored log-probs

@@ -74,7 +74,7 @@ class PPOTrainer:
         self.decoding = decoding_config(self.tokenizer, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                         top_k=config.top_k, top_p=config.top_p)
         # Frozen models may be bf16 on CUDA; the trained ones stay fp32 under bf16 autocast (--precision).
-        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config.precision, device))
+        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config, device))
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:

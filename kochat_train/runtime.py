@@ -231,16 +231,28 @@ def planned_steps(rows: int, config: TrainConfig, world: int) -> int:
     return config.min_steps if per_epoch * config.epochs < config.min_steps else -1
 
 
-def uses_bf16(precision: str, device: str) -> bool:
-    """bf16 autocast (weights stay fp32): asked for, or by default on a CUDA GPU that supports it."""
-    return precision == "bf16" or (precision == "auto" and device == "cuda" and torch.cuda.is_bf16_supported())
+def uses_bf16(config: TrainConfig, device: str) -> bool:
+    """bf16 autocast (weights stay fp32): asked for; by default on a CUDA GPU that has bf16, and on a CPU that
+    computes bf16 natively in the stages where it measured as fp32 does (`cpu_bf16_by_default`)."""
+    if config.precision != "auto":
+        return config.precision == "bf16"
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device == "cpu" and config.cpu_bf16_by_default and cpu_has_native_bf16()
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls ~2× fp32's. Elsewhere bf16 is emulated and slower than fp32.
+    torch answers only through private helpers, so a torch without them counts as no."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_columns: bool = True, evaluate: bool = True) -> TrainingArguments:
     """Trainer arguments from a stage config (under torchrun, per process: batch_size is per device)."""
     device = resolve_device(config.device)
     cuda = device == "cuda"
-    bf16 = uses_bf16(config.precision, device)
+    bf16 = uses_bf16(config, device)
     return TrainingArguments(
         output_dir=str(Path(config.out) / CHECKPOINTS),
         per_device_train_batch_size=config.batch_size,
@@ -285,7 +297,10 @@ def held_out_loss(trainer: Trainer) -> float:
     was_training = model.training
     model.to(device).eval()
     weighted, rows = 0.0, 0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # The Trainer evaluates under its mixed precision (accelerate wraps the model once training starts).
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if trainer.args.bf16 else torch.float16,
+                              enabled=trainer.args.bf16 or trainer.args.fp16)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast:
         for batch in trainer.get_eval_dataloader():
             weighted += model(**{key: value.to(device) for key, value in batch.items()}).loss.item() * len(batch["input_ids"])
             rows += len(batch["input_ids"])

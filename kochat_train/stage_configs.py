@@ -19,6 +19,7 @@ LOSSES = ("sigmoid", "ipo")
 
 @dataclass
 class BaseConfig(TrainConfig):
+    cpu_bf16_by_default = True
     preset: str = option("small", f"model size: {', '.join(PRESETS)} (tiny is for tests)")
     vocab_size: int | None = option(None, "BPE vocabulary size, special tokens included (default: the preset's)")
     n_layer: int | None = option(None, "transformer blocks (default: the preset's)")
@@ -47,6 +48,7 @@ class BaseConfig(TrainConfig):
 
 @dataclass
 class SFTConfig(TrainConfig):
+    cpu_bf16_by_default = True
     model: str | None = option(None, "causal LM to fine-tune: hub name or directory (e.g. `kochat train base` output)")
 
     def problems(self) -> list[str]:

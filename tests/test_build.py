@@ -138,3 +138,18 @@ def test_an_empty_split_loads_with_plain_datasets(tmp_path, inputs):
     for kind in ("sft", "rm", "ppo"):
         splits = load(tmp_path / "out", kind)
         assert len(splits["eval"]) == 0 and len(splits["train"]) > 0 and splits["eval"].column_names == splits["train"].column_names
+
+
+def test_the_direct_arrow_layout_loads_as_save_to_disk_writes_it(tmp_path, inputs):
+    build(BuildConfig(out=tmp_path / "built", eval_ratio=0.3, **inputs))
+    for kind in ("sft", "rm", "ppo"):
+        ours = load(tmp_path / "built", kind)
+        datasets.DatasetDict({split: datasets.Dataset(ours[split].data.table, info=ours[split].info)
+                              for split in ours}).save_to_disk(str(tmp_path / "library" / kind))
+        theirs = load(tmp_path / "library", kind)
+        assert list(ours) == list(theirs) == ["train", "eval"]
+        for split in ours:
+            assert ours[split].features == theirs[split].features == kochat_data.build.FEATURES[kochat_data.build.Kind(kind)]
+            assert ours[split].to_list() == theirs[split].to_list() and len(ours[split]) > 0
+            assert ours[split]._fingerprint != load(tmp_path / "built", "sft" if kind != "sft" else "rm")[split]._fingerprint
+
