@@ -1,13 +1,15 @@
-"""kochat against the seed-style implementation (bench/seed_data.py, bench/seed_training.py): same data, model and machine, one run.
+"""kochat against the seed-style implementation (bench/seed_data.py, bench/seed_training.py) and against TRL: one run.
 
-    python bench/run_all.py                      # every workload (~10 min on 2 CPU cores)
+    python bench/run_all.py                      # every workload (~12 min on 2 CPU cores; TRL: pip install -e '.[bench]')
     python bench/run_all.py --only rm rollout    # some of them
 
 Workloads: the data build of 1M synthetic RM records (each side in its own process, for its
 peak RSS); reward-model training and PPO rollouts on the shared KoChatGPT data with the
 `small` model (4 layers, width 256, 8k BPE vocabulary, random weights: speed does not depend
-on them); SFT training FLOP/s against a plain torch.matmul at the same width. Prints a table
-(workload, kochat, seed-style, ratio, target, met) and writes it to OUT/results.json.
+on them); SFT training FLOP/s against a plain torch.matmul at the same width, in the dtype SFT
+trains in; and `peers`: SFT, RM and DPO through kochat and through TRL's trainers
+(bench/peers.py; `--base` gives both a trained starting model, so the eval metrics mean more).
+Prints a table (workload, kochat, baseline, ratio, target, met) and writes it to OUT/results.json.
 """
 
 from __future__ import annotations
@@ -75,12 +77,13 @@ def bench_data(out: Path, records: int) -> list[dict]:
 
 def row(workload: str, ours: float, other: float, target: str, needed: float | bool, inverse: bool = False,
         baseline: str = "seed-style") -> dict:
-    """One table row. `needed` is the ratio to reach, or (for a metric row, where a ratio means nothing) whether it is met."""
+    """One table row. `needed` is the ratio to reach; for a metric row, where a ratio means nothing, whether it is met;
+    None for a row shown for reference."""
     if isinstance(needed, bool):
         ratio, met = None, needed
     else:
         ratio = other / ours if inverse else ours / other
-        met = ratio >= needed
+        met = None if needed is None else ratio >= needed
     return {"workload": workload, "kochat": ours, "baseline": baseline, "other": other, "ratio": ratio, "target": target, "met": met}
 
 
@@ -91,7 +94,8 @@ def print_rows(rows: list[dict], title: str) -> None:
     for item in rows:
         figure = "{:,.1f}" if item["ratio"] is not None else "{:.3f}"
         table.add_row(item["workload"], figure.format(item["kochat"]), f"{item['baseline']} {figure.format(item['other'])}",
-                      "" if item["ratio"] is None else f"{item['ratio']:.2f}×", item["target"], "yes" if item["met"] else "[red]no[/]")
+                      "" if item["ratio"] is None else f"{item['ratio']:.2f}×", item["target"],
+                      "–" if item["met"] is None else "yes" if item["met"] else "[red]no[/]")
     Console(width=170).print(table)
 
 
@@ -100,6 +104,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("KOCHAT_SHARED_DATA", "../shared/data")))
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    parser.add_argument("--base", type=Path, help="peers: starting model of SFT and RM (default: the small preset after one step)")
     parser.add_argument("--records", type=int, default=1_000_000, help="RM records of the data build")
     parser.add_argument("--rm-pairs", type=int, default=256)
     parser.add_argument("--sft-examples", type=int, default=2048)
@@ -109,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    title = f"kochat vs seed-style · {os.cpu_count()} CPUs"
+    title = f"kochat vs seed-style and TRL · {os.cpu_count()} CPUs"
     if "data" in args.only:  # first, while this process is small: a child's peak RSS counts the parent's pages at fork
         rows += bench_data(args.out, args.records)
     if set(args.only) - {"data"}:
@@ -135,7 +140,7 @@ def main() -> None:
             import peers
 
             rows += [row(*item, baseline="TRL") for item in peers.run_peers(args.out, args.shared, args.sft_examples // 2,
-                                                                             args.rm_pairs * 2, args.rm_pairs, args.precision)]
+                                                                             args.rm_pairs * 2, args.rm_pairs, args.precision, args.base)]
     print_rows(rows, title)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
