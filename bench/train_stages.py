@@ -1,6 +1,6 @@
 """Train base → SFT → proxy RM with the `small` preset on the shared KoChatGPT-style data and print the numbers.
 
-    python bench/train_stages.py --shared ../shared/data --out runs/real [--seed 42] [--precision bf16] [--relevance-negatives 2]
+    python bench/train_stages.py --shared ../shared/data --out runs/real [--seed 42] [--precision fp32] [--relevance-negatives 2] [--base-epochs 6]
 
 Builds the derived SFT + RM files and the real PPO prompts, then runs each stage in this
 process with the pipeline's settings; prints wall time per stage, base perplexity against the
@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("KOCHAT_SHARED_DATA", "../shared/data")))
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast, also on a CPU)")
+    parser.add_argument("--precision", default="auto", help="auto (kochat's default), fp32 or bf16 (autocast, also on a CPU)")
+    parser.add_argument("--base-epochs", type=float, default=BASE["epochs"], help="passes of the base stage over its corpus")
     parser.add_argument("--relevance-negatives", type=int, default=0, help="extra relevance pairs per RM train prompt")
     args = parser.parse_args()
     common = {**COMMON, "seed": args.seed, "precision": args.precision}
@@ -57,7 +58,7 @@ def main() -> None:
     ))
     seconds = {}
     started = time.perf_counter()
-    base = train_base(BaseConfig(data=data, out=args.out / "base", **BASE, **common))
+    base = train_base(BaseConfig(data=data, out=args.out / "base", **{**BASE, "epochs": args.base_epochs}, **common))
     seconds["base"] = time.perf_counter() - started
     started = time.perf_counter()
     sft = train_sft(SFTConfig(data=data, out=args.out / "sft", model=str(base.out), **SFT, **common))

@@ -32,8 +32,10 @@ REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 # dataset such as the sample the epochs give a handful of updates; min_steps repeats it until
 # each stage has had enough to learn, and warmup is a share of whatever the run turns out to be
 # (the base, from random weights, warms up over 30%: 5% cost it 15% in held-out perplexity).
+# Base: 6 epochs in bf16 (a CPU with native bf16) take less time than 4 did in fp32 (551 vs 610 s)
+# and leave a better model (perplexity 187 vs 264, SFT eval loss 3.89 vs 4.16 on the shared data).
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "train_base": {"max_length": 128, "epochs": 4, "batch_size": 32, "warmup_ratio": 0.3, "min_steps": 50},
+    "train_base": {"max_length": 128, "epochs": 6, "batch_size": 32, "warmup_ratio": 0.3, "min_steps": 50},
     "train_sft": {"max_length": 128, "epochs": 2, "batch_size": 16, "learning_rate": 5e-4, "warmup_ratio": 0.05, "min_steps": 40},
     "train_rm": {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 3e-4, "warmup_ratio": 0.05, "min_steps": 40},
     "train_ppo": {"max_length": 128, "max_steps": 100, "batch_size": 16, "mini_batch_size": 8, "learning_rate": 5e-5, "kl_coef": 0.05,
