@@ -32,7 +32,7 @@ REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 # dataset such as the sample the epochs give a handful of updates; min_steps repeats it until
 # each stage has had enough to learn, and warmup is a share of whatever the run turns out to be
 # (the base, from random weights, warms up over 30%: 5% cost it 15% in held-out perplexity).
-# Base: 6 epochs in bf16 (a CPU with native bf16) take less time than 4 did in fp32 (551 vs 610 s)
+# Base: 6 epochs in bf16 (a CPU with native bf16) take about the time 4 took in fp32 (551 vs 518 s)
 # and leave a better model (perplexity 187 vs 264, SFT eval loss 3.89 vs 4.16 on the shared data).
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "train_base": {"max_length": 128, "epochs": 6, "batch_size": 32, "warmup_ratio": 0.3, "min_steps": 50},

@@ -72,7 +72,7 @@ class TrainConfig:
     lora_dropout: float = option(0.0, "dropout on the LoRA branch")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps")
     precision: str = option("auto", "auto: bf16 autocast on a CUDA GPU that has bf16 (fp16 on one without), and in base and SFT "
-                            "on a CPU with native bf16 (avx512_bf16 or AMX: 1.5× faster, same losses), fp32 elsewhere; "
+                            "on a CPU with native bf16 (avx512_bf16 or AMX: 1.3–1.55× faster, same losses), fp32 elsewhere; "
                             "bf16: bf16 autocast in any stage, also on a CPU (weights stay fp32); fp32")
     sampling: str = option("group_by_length", "batch order: group_by_length (similar lengths together: less padding), "
                            "random, or sequential (file order: the same global batches for any number of processes)")
