@@ -1,6 +1,5 @@
 """Resume, NaN guard, LoRA and KoGPT-2 special tokens on the tiny preset."""
 
-import math
 import json
 
 import datasets
@@ -10,7 +9,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, TrainerCallback
 
 from conftest import TINY
-
 from kochat_train.rm import ScalarRewardModel
 from kochat_train.lora import apply_lora
 from kochat_train.runtime import TrainingDiverged, drop_metrics_after, planned_steps, training_arguments
