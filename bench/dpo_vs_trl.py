@@ -29,8 +29,8 @@ from kochat_train import runtime
 from kochat_train.dpo import PreferenceCollator, tokenize_preferences
 from kochat_train.objectives import dpo_loss, sequence_logprobs
 from kochat_train.rm import PAIR_COLUMNS
-from kochat_train.sft import IGNORE_INDEX
 from kochat_train.sources import load_causal_lm, load_tokenizer
+from kochat_train.template import IGNORE_INDEX
 
 
 def kochat_side(policy, reference, batch: dict, beta: float) -> dict[str, torch.Tensor]:

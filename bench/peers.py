@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 sys.path.insert(0, str(Path(__file__).parent))  # training_workloads sits beside this file
 
+import training_workloads
 from kochat_data.schema import Kind
 from kochat_train import runtime
 from kochat_train.dpo import PreferenceCollator, pair_sequence_logprobs, tokenize_preferences, train_dpo
@@ -61,14 +62,6 @@ def hyperparameters(batch_size: int, learning_rate: float, seed: int, bf16: bool
 def kochat_common(args: argparse.Namespace, batch_size: int, learning_rate: float) -> dict:
     return {"batch_size": batch_size, "learning_rate": learning_rate, "epochs": 1.0, "seed": args.seed, "precision": args.precision,
             "max_length": args.max_length, "overwrite": True, "logging_steps": 10**6, "save_steps": 10**6}
-
-
-def subset(data: Path, kind: str, rows: int, out: Path) -> Path:
-    """A build directory with the first train rows of one kind and 32 eval rows (kochat evaluates at the end of its
-    epoch and TRL here does not: that time counts against kochat; both are scored on the whole eval split after)."""
-    dataset = datasets.load_from_disk(str(data / kind))
-    datasets.DatasetDict({"train": dataset["train"].select(range(rows)), "eval": dataset["eval"].select(range(32))}).save_to_disk(str(out / kind))
-    return out
 
 
 def accuracy_tolerance(pairs: int) -> float:
@@ -193,8 +186,6 @@ def at_least(name: str, mine: float, other: float, pairs: int) -> tuple:
 def run_peers(out: Path, shared: Path, sft_examples: int, rm_pairs: int, dpo_pairs: int, precision: str = "auto",
               base: Path | None = None, seed: int = 0, max_length: int = 256) -> list[tuple]:
     """Every workload; rows of (workload, kochat, TRL, target, needed ratio or met)."""
-    import training_workloads
-
     if importlib.util.find_spec("trl") is None:
         raise SystemExit("TRL is not installed: pip install -e '.[bench]'")
     args = argparse.Namespace(out=out, precision=precision, seed=seed, max_length=max_length)
@@ -203,10 +194,10 @@ def run_peers(out: Path, shared: Path, sft_examples: int, rm_pairs: int, dpo_pai
     tokenizer = load_tokenizer(str(base))
     args.max_length = min(max_length, AutoModelForCausalLM.from_pretrained(base).config.n_positions)  # as kochat caps it
     held_out = {kind: datasets.load_from_disk(str(data / kind))["eval"] for kind in ("sft", "rm")}
-    rows = bench_sft(args, subset(data, "sft", sft_examples, out / "peers_sft_data"), held_out["sft"], base, tokenizer)
-    rows += bench_rm(args, subset(data, "rm", rm_pairs, out / "peers_rm_data"), held_out["rm"], base, tokenizer)
+    rows = bench_sft(args, training_workloads.subset(data, "sft", sft_examples, out / "peers_sft_data"), held_out["sft"], base, tokenizer)
+    rows += bench_rm(args, training_workloads.subset(data, "rm", rm_pairs, out / "peers_rm_data"), held_out["rm"], base, tokenizer)
     # DPO starts from an SFT model: kochat's of the SFT workload, for both sides.
-    rows += bench_dpo(args, subset(data, "rm", dpo_pairs, out / "peers_dpo_data"), held_out["rm"], out / "peers_sft_kochat", tokenizer)
+    rows += bench_dpo(args, training_workloads.subset(data, "rm", dpo_pairs, out / "peers_dpo_data"), held_out["rm"], out / "peers_sft_kochat", tokenizer)
     return rows
 
 

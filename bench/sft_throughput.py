@@ -28,7 +28,7 @@ import torch
 import transformers
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -40,26 +40,17 @@ from kochat_train.template import IGNORE_INDEX
 BATCH = 16
 
 
-def padded(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(row["input_ids"]) for row in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    labels = torch.full((len(rows), width), IGNORE_INDEX)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for n, row in enumerate(rows):
-        ids[n, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
-        labels[n, : len(row["labels"])] = torch.tensor(row["labels"])
-        mask[n, : len(row["input_ids"])] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def layout_batches(rows: list[dict], layout: str, max_length: int, pad_id: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+def layout_batches(rows: list[dict], layout: str, max_length: int, tokenizer, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     order = np.random.default_rng(seed).permutation(len(rows))
+    pad_id = tokenizer.pad_token_id
+    # kochat's SFT collator: right-padded ids and mask, labels padded with −100.
+    padded = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
     if layout == "random":
-        return [padded([rows[i] for i in order[s : s + BATCH]], pad_id) for s in range(0, len(rows), BATCH)]
+        return [padded([rows[i] for i in order[s : s + BATCH]]) for s in range(0, len(rows), BATCH)]
     if layout == "grouped":  # the Trainer's megabatches of 50 batches, each sorted by length
         mega = 50 * BATCH
         order = np.concatenate([sorted(order[s : s + mega], key=lambda i: -len(rows[i]["input_ids"])) for s in range(0, len(rows), mega)])
-        return [padded([rows[i] for i in order[s : s + BATCH]], pad_id) for s in range(0, len(rows), BATCH)]
+        return [padded([rows[i] for i in order[s : s + BATCH]]) for s in range(0, len(rows), BATCH)]
     # packed: first fit over the shuffled examples into rows of max_length
     packed_rows: list[list[dict]] = []
     room: list[int] = []
@@ -144,7 +135,7 @@ def main() -> None:
     for name in ("layout", "precision", "attention", "compile", "examples/s", "GFLOP/s", "of its dtype's peak", "of fp32 peak"):
         table.add_column(name, justify="left" if name in ("layout", "precision", "attention") else "right")
     for layout, bf16, attention, compiled in variants:
-        batches = layout_batches(rows, layout, args.max_length, tokenizer.pad_token_id)
+        batches = layout_batches(rows, layout, args.max_length, tokenizer)
         rate = len(rows) / run_variant(base, batches, bf16, attention, compiled)
         achieved = rate * flops_per_example / 1e9
         peak = peaks[torch.bfloat16 if bf16 else torch.float32]

@@ -29,6 +29,8 @@ QUIET = {"overwrite": True, "logging_steps": 1000, "save_steps": 10**6, "seed": 
 
 def prepare(out: Path, shared: Path) -> tuple[Path, Path]:
     """The shared data built once, and a `small` model (one optimizer step: a tokenizer and 512 positions)."""
+    if not shared.is_dir():  # even with a build cached: a wrong path must not pass unnoticed
+        raise SystemExit(f"{shared}: no shared data there (--shared or KOCHAT_SHARED_DATA)")
     data = out / "shared_built"
     if not (data / "manifest.json").exists():
         build(BuildConfig(out=data, overwrite=True, on_invalid="skip",

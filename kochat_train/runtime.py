@@ -297,10 +297,8 @@ def held_out_loss(trainer: Trainer) -> float:
     was_training = model.training
     model.to(device).eval()
     weighted, rows = 0.0, 0
-    # The Trainer evaluates under its mixed precision (accelerate wraps the model once training starts).
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if trainer.args.bf16 else torch.float16,
-                              enabled=trainer.args.bf16 or trainer.args.fp16)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast:
+    # Under the mixed precision the Trainer evaluates in (accelerate wraps the model once training starts).
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), trainer.accelerator.autocast():
         for batch in trainer.get_eval_dataloader():
             weighted += model(**{key: value.to(device) for key, value in batch.items()}).loss.item() * len(batch["input_ids"])
             rows += len(batch["input_ids"])

@@ -15,7 +15,6 @@ from kochat_train.stage_configs import SFTConfig
 from kochat_train.template import IGNORE_INDEX, encode_examples
 
 
-
 def sft_labels(input_ids: list[int], response_start: int) -> list[int]:
     """Labels that train on the response and its EOS and ignore the prompt."""
     return [IGNORE_INDEX] * response_start + input_ids[response_start:]

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -74,12 +75,12 @@ def load_causal_lm(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype
     A reward model directory is refused: its backbone would load with a language-model head tied to
     the embeddings, and answer with fluent-looking noise instead of an error.
     """
-    model = _from_pretrained(AutoModelForCausalLM, source, dtype=dtype)
-    architectures = getattr(model.config, "architectures", None) or []
+    config = _from_pretrained(AutoConfig, source)  # refused before any weights are read
+    architectures = config.architectures or []
     if architectures and all(name.endswith("ForSequenceClassification") for name in architectures):
         raise UsageError(f"{source}: a reward model ({', '.join(architectures)}), not a language model; pass a base, SFT, PPO "
                          "or DPO directory")
-    return _align(model, tokenizer)
+    return _align(_from_pretrained(AutoModelForCausalLM, source, config=config, dtype=dtype), tokenizer)
 
 
 def load_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
