@@ -141,7 +141,7 @@ def rm_table(result: dict) -> Table:
     """Accuracy overall and per rank pair, for the reward model and each shortcut rule; ✗ marks
     where the model is not above the best rule."""
     keys = list(result["beats_every_shortcut"])
-    table = Table(title=f"reward model {result['model']} on {result['pairs']} eval pairs (tie = wrong)",
+    table = Table(title=f"reward model {result['model']} on {result['pairs']} eval pairs (a model's tie = wrong, a rule's = ½)",
                   caption=f"mean margin {result['mean_margin']:.3f}, ROC-AUC {result['roc_auc']:.3f}, max_length {result['max_length']}")
     table.add_column("scorer")
     for key in keys:

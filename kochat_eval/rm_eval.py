@@ -55,7 +55,9 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
     metrics = pair_metrics(EvalPrediction(predictions=rewards_array, label_ids=ranks_array))
     metrics["roc_auc"] = margin_auc(rewards_array[:, 0] - rewards_array[:, 1])
     metrics["pairs"] = int(len(rewards_array))
-    shortcuts = {name: pair_accuracies(margins, ranks_array)
+    # A rule that cannot tell two answers apart is a coin toss there, not a mistake: counting its
+    # ties as wrong would make the rule look worse than a user flipping a coin.
+    shortcuts = {name: pair_accuracies(margins, ranks_array, tie=0.5)
                  for name, margins in shortcut_margins(pairs["prompt"], pairs["chosen"], pairs["rejected"]).items()}
     return {"model": str(model_dir), "data": str(data_dir), "max_length": max_length, **metrics, "shortcuts": shortcuts,
             "beats_every_shortcut": beats_every_shortcut(metrics, shortcuts)}

@@ -27,17 +27,17 @@ def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(chosen - rejected).mean()
 
 
-def pairwise_accuracy(margins: np.ndarray) -> float:
-    """Share of pairs ranked right; a tie (margin 0) counts as wrong."""
-    return float(np.mean(margins > 0)) if len(margins) else float("nan")
+def pairwise_accuracy(margins: np.ndarray, tie: float = 0.0) -> float:
+    """Share of pairs ranked right; a tie (margin 0) counts as `tie` of a right one (a model's: 0)."""
+    return float(np.mean(margins > 0) + tie * np.mean(margins == 0)) if len(margins) else float("nan")
 
 
-def pair_accuracies(margins: np.ndarray, ranks: np.ndarray) -> dict[str, float]:
+def pair_accuracies(margins: np.ndarray, ranks: np.ndarray, tie: float = 0.0) -> dict[str, float]:
     """Accuracy overall and per (chosen rank, rejected rank) as `accuracy_{c}v{r}`; ranks is (N, 2)."""
-    metrics = {"accuracy": pairwise_accuracy(margins)}
+    metrics = {"accuracy": pairwise_accuracy(margins, tie)}
     for chosen_rank, rejected_rank in sorted({tuple(pair) for pair in ranks.tolist()}):
         selected = (ranks[:, 0] == chosen_rank) & (ranks[:, 1] == rejected_rank)
-        metrics[f"accuracy_{chosen_rank}v{rejected_rank}"] = pairwise_accuracy(margins[selected])
+        metrics[f"accuracy_{chosen_rank}v{rejected_rank}"] = pairwise_accuracy(margins[selected], tie)
     return metrics
 
 

@@ -78,6 +78,7 @@ class RewardConfig(TrainConfig):
 
 @dataclass
 class PPOConfig(TrainConfig):
+    cpu_bf16_by_default = True
     sft: str | None = option(None, "SFT model directory: the actor and the frozen reference")
     rm: str | None = option(None, "reward model directory (the proxy): the frozen reward and the critic's initialisation")
     judge: str | None = option(None, "reward model PPO never optimises (`kochat train rm --pairs judge`): it only scores the "
@@ -136,6 +137,7 @@ class PPOConfig(TrainConfig):
 
 @dataclass
 class DPOConfig(TrainConfig):
+    cpu_bf16_by_default = True
     model: str | None = option(None, "SFT model directory: the policy to train and the frozen reference")
     beta: float = option(0.1, "β: how far from the reference the implicit reward lets the policy move")
     loss: str = option("sigmoid", "sigmoid (Rafailov et al. 2023: −log σ(β·Δ)) or ipo (Azar et al. 2023: (Δ − 1/(2β))²)")

@@ -80,7 +80,8 @@ def test_a_step_changes_every_parameter_and_logs_the_implicit_rewards(tiny_base,
 
 
 def test_precomputed_reference_logprobs_equal_on_the_fly_ones(tiny_base, sample_data, tmp_path):
-    settings = dict(data=sample_data, model=str(tiny_base), max_steps=3, **TINY)
+    # fp32: under bf16 the pre-pass's batches and the steps' round the same sums differently
+    settings = dict(data=sample_data, model=str(tiny_base), max_steps=3, precision="fp32", **TINY)
     stored = train_dpo(DPOConfig(out=tmp_path / "stored", **settings))
     live = train_dpo(DPOConfig(out=tmp_path / "live", precompute_reference=False, **settings))
     first, second = parameters(stored.out), parameters(live.out)

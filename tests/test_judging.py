@@ -26,20 +26,22 @@ def test_shortcut_accuracies_by_hand():
     ranks = np.array([[0, 2], [0, 1], [0, 1], [1, 2]])
     margins = shortcut_margins(prompts, chosen, rejected)
     # lengths (chars, spaces included): 7 v 11, 2 v 12, 7 v 2, 4 v 2 → longer wins on pairs 3 and 4
-    assert pair_accuracies(margins["longer wins"], ranks) == {"accuracy": 0.5, "accuracy_0v1": 0.5, "accuracy_0v2": 0.0, "accuracy_1v2": 1.0}
-    assert pair_accuracies(margins["shorter wins"], ranks)["accuracy"] == 0.5
-    # Hangul share: 1 v 0, 1 v 1 (tie: wrong), 1 v 1 (tie), 1 v 0 → 2 of 4
-    assert pair_accuracies(margins["more Hangul wins"], ranks)["accuracy"] == 0.5
-    # prompt bigrams: 날씨 씨어 어때 → 1/3 v 0; 점심 심뭐 뭐먹 먹지 → 0 v 1/4; 영화 화추 추천 → 1/3 v 1/3 (tie); 잘자 → 1 v 0
-    assert prompt_overlap("날씨 어때", "날씨가 맑아요") == pytest.approx(1 / 3)
-    assert pair_accuracies(margins["prompt overlap wins"], ranks) == {"accuracy": 0.5, "accuracy_0v1": 0.0, "accuracy_0v2": 1.0, "accuracy_1v2": 1.0}
+    assert pair_accuracies(margins["longer wins"], ranks, tie=0.5) == {"accuracy": 0.5, "accuracy_0v1": 0.5, "accuracy_0v2": 0.0,
+                                                                        "accuracy_1v2": 1.0}
+    assert pair_accuracies(margins["shorter wins"], ranks, tie=0.5)["accuracy"] == 0.5
+    # Hangul share: 1 v 0, 1 v 1 (a tie: ½), 1 v 1 (½), 1 v 0 → 3 of 4
+    assert pair_accuracies(margins["more Hangul wins"], ranks, tie=0.5)["accuracy"] == 0.75
+    # the prompt's characters: 날씨어때 → 2/4 v 0; 점심뭐먹지 → 0 v 2/5; 영화추천 → 2/4 v 2/4 (a tie: ½); 잘자 → 1 v 0
+    assert prompt_overlap("날씨 어때", "날씨가 맑아요") == 0.5
+    assert pair_accuracies(margins["prompt overlap wins"], ranks, tie=0.5) == {"accuracy": 0.625, "accuracy_0v1": 0.25, "accuracy_0v2": 1.0,
+                                                                                "accuracy_1v2": 1.0}
 
 
 def test_eval_rm_reports_the_shortcuts_next_to_the_model(tiny_rm, sample_data, run_cli):
     result = evaluate_rm(tiny_rm, sample_data, batch_size=8)
     assert set(result["shortcuts"]) == {"longer wins", "shorter wins", "more Hangul wins", "prompt overlap wins"}
     longer, shorter = result["shortcuts"]["longer wins"], result["shortcuts"]["shorter wins"]
-    assert longer["accuracy"] + shorter["accuracy"] <= 1  # ties are wrong for both
+    assert longer["accuracy"] + shorter["accuracy"] == pytest.approx(1)  # a pair of equal lengths is a coin toss for both
     best = max(rule["accuracy"] for rule in result["shortcuts"].values())
     assert result["beats_every_shortcut"]["accuracy"] == (result["accuracy"] > best)
     code, out, err = run_cli("eval", "rm", "--model", tiny_rm, "--data", sample_data)

@@ -66,7 +66,7 @@ def test_ppo_first_update_is_on_policy_and_eval_stages_runs(kogpt2_stages, sampl
     trainer = PPOTrainer(config)
     rollout, batch, _ = trainer.rollout(PROMPTS)
     trainer.actor.train()
-    with torch.no_grad():
+    with torch.no_grad(), trainer.autocast:  # as the update computes them
         again = token_logprobs(response_logits(trainer.actor, rollout, config.temperature), rollout.response_ids)
     mask = rollout.response_mask.bool()
     ratio = torch.exp(again - batch["logprobs"])[mask]

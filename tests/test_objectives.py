@@ -29,8 +29,9 @@ def test_pairwise_loss_gradient_pushes_chosen_up():
     assert chosen.grad.item() == pytest.approx(-0.5)  # −(1 − σ(0))
 
 
-def test_pairwise_accuracy_counts_ties_as_wrong():
+def test_pairwise_accuracy_counts_ties_as_wrong_or_as_a_coin_toss():
     assert pairwise_accuracy(np.array([0.5, 0.0, -0.1, 2.0])) == 0.5
+    assert pairwise_accuracy(np.array([0.5, 0.0, -0.1, 2.0]), tie=0.5) == 0.625
     assert math.isnan(pairwise_accuracy(np.array([])))
 
 

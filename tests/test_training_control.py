@@ -183,14 +183,14 @@ def test_resume_forgets_a_metrics_line_torn_by_a_kill(tmp_path):
     assert log.read_text(encoding="utf-8") == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.2}\n'
 
 
-def test_auto_precision_is_bf16_on_a_native_bf16_cpu_only_in_base_and_sft(monkeypatch):
+def test_auto_precision_is_bf16_on_a_native_bf16_cpu_in_every_stage_but_the_rm(monkeypatch):
     from kochat_train import runtime
     from kochat_train.stage_configs import BaseConfig, DPOConfig, PPOConfig, RewardConfig
 
     for native in (True, False):
         monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
-        assert [runtime.uses_bf16(config(), "cpu") for config in (BaseConfig, SFTConfig)] == [native, native]
-        assert not any(runtime.uses_bf16(config(), "cpu") for config in (RewardConfig, DPOConfig, PPOConfig))
+        assert [runtime.uses_bf16(config(), "cpu") for config in (BaseConfig, SFTConfig, DPOConfig, PPOConfig)] == [native] * 4
+        assert not runtime.uses_bf16(RewardConfig(), "cpu")
         assert runtime.uses_bf16(RewardConfig(precision="bf16"), "cpu") and not runtime.uses_bf16(SFTConfig(precision="fp32"), "cpu")
         assert not runtime.uses_bf16(SFTConfig(), "mps")
 
