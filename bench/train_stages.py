@@ -1,11 +1,14 @@
 """Train base → SFT → proxy RM with the `small` preset on the shared KoChatGPT-style data and print the numbers.
 
     python bench/train_stages.py --shared ../shared/data --out runs/real [--seed 42] [--precision fp32] [--relevance-negatives 2] [--base-epochs 6]
+        [--pipeline]
 
 Builds the derived SFT + RM files and the real PPO prompts, then runs each stage in this
 process with the pipeline's settings; prints wall time per stage, base perplexity against the
 unigram baseline, SFT eval loss against its starting model's, the relevance probe of base and
 SFT (`kochat eval relevance`), and the proxy RM's eval accuracy (overall and per rank pair).
+With --pipeline, the rest of `kochat pipeline` follows in the same directory, reusing those
+stages: the judge RM, PPO, DPO and the stage comparison with its table and warnings.
 The options are the ablations of issue 16; the numbers before the dialogue-shaped corpus come
 from this script at commit 27ea6a8.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +26,7 @@ import transformers
 from rich.console import Console
 from rich.table import Table
 
-from kochat.pipeline import SHARED, STAGE_DEFAULTS
+from kochat.pipeline import SHARED, STAGE_DEFAULTS, PipelineConfig, run_pipeline
 from kochat_data.build import BuildConfig, build
 from kochat_eval.relevance import probe_relevance
 from kochat_train.base import BaseConfig, train_base
@@ -43,19 +47,21 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto (kochat's default), fp32 or bf16 (autocast, also on a CPU)")
     parser.add_argument("--base-epochs", type=float, default=BASE["epochs"], help="passes of the base stage over its corpus")
     parser.add_argument("--relevance-negatives", type=int, default=0, help="extra relevance pairs per RM train prompt")
+    parser.add_argument("--pipeline", action="store_true", help="then the judge RM, PPO, DPO and the stage comparison")
     args = parser.parse_args()
     common = {**COMMON, "seed": args.seed, "precision": args.precision}
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
 
+    # Base, SFT and RM are about to be replaced: a pipeline's later stages in this directory are stale.
+    for stale in ("judge", "ppo", "dpo", "eval"):
+        shutil.rmtree(args.out / stale, ignore_errors=True)
+    (args.out / "pipeline.json").unlink(missing_ok=True)
     data = args.out / "data"
-    build(BuildConfig(
-        out=data, overwrite=True, on_invalid="skip", seed=args.seed,
-        sft=[args.shared / "derived" / "kochat_1_SFT_chatbot.jsonl"],
-        rm=[args.shared / "derived" / "kochat_2_RM_chatbot.jsonl"],
-        ppo=[args.shared / "kochatgpt" / "kochatgpt_3_PPO.jsonl"],
-    ))
+    inputs = {"sft": [args.shared / "derived" / "kochat_1_SFT_chatbot.jsonl"], "rm": [args.shared / "derived" / "kochat_2_RM_chatbot.jsonl"],
+              "ppo": [args.shared / "kochatgpt" / "kochatgpt_3_PPO.jsonl"]}
+    build(BuildConfig(out=data, overwrite=True, on_invalid="skip", seed=args.seed, **inputs))
     seconds = {}
     started = time.perf_counter()
     base = train_base(BaseConfig(data=data, out=args.out / "base", **{**BASE, "epochs": args.base_epochs}, **common))
@@ -84,6 +90,14 @@ def main() -> None:
     table.add_row("rm", f"{seconds['rm']:.0f} s", f"eval accuracy {rm.metrics['eval_accuracy']:.3f} ({pairs}), "
                   f"mean margin {rm.metrics['eval_mean_margin']:.2f}")
     Console().print(table)
+    if args.pipeline:
+        # The same settings as the stages above, so the pipeline reuses them instead of refusing the directory.
+        ablated = {"precision": args.precision}
+        stages = {"train_base": {**ablated, "epochs": args.base_epochs}, "train_sft": ablated,
+                  "train_rm": {**ablated, "relevance_negatives": args.relevance_negatives}, "train_ppo": ablated, "train_dpo": ablated}
+        report = run_pipeline(PipelineConfig(out=args.out, seed=args.seed, stages=stages, **inputs))
+        print((args.out / "eval" / "table.md").read_text(encoding="utf-8"))
+        print(f"{len(report['warnings'])} warning(s)", *report["warnings"], sep="\n")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,13 @@ def table_warnings(report: dict[str, Any]) -> list[str]:
         if row["stage"] == "sft" and row["eos_rate"] < MIN_EOS_RATE:
             found.append(f"warning: sft: only {row['eos_rate']:.0%} of its answers end (EOS) within "
                          f"{report['decoding']['max_new_tokens']} tokens")
-        if row["stage"] in ("ppo", "dpo") and row.get("win_rate_ci_low") is not None and not row["win_rate_ci_low"] > 0.5:
-            found.append(f"warning: {row['stage']}: win rate against {report['reference']} by the {report['win_judged_by']} "
-                         f"{row['win_rate']:.2f} [{row['win_rate_ci_low']:.2f}, {row['win_rate_ci_high']:.2f}] is not above ½: "
-                         "no gain that this judge can see")
+        if row["stage"] in ("ppo", "dpo") and row.get("win_rate_ci_low") is not None:
+            claims = {f"win rate {row['win_rate']:.2f} [{row['win_rate_ci_low']:.2f}, {row['win_rate_ci_high']:.2f}] is not above ½":
+                      row["win_rate_ci_low"] > 0.5,
+                      f"score gain {row['score_gain']:+.3f} [{row['score_gain_ci_low']:+.3f}, {row['score_gain_ci_high']:+.3f}] "
+                      "is not above 0": row["score_gain_ci_low"] > 0}
+            unseen = [claim for claim, shown in claims.items() if not shown]
+            if unseen:
+                found.append(f"warning: {row['stage']}: against {report['reference']} by the {report['win_judged_by']} (95% CIs), "
+                             f"{' and '.join(unseen)}: no gain that this judge can see")
     return found

@@ -23,6 +23,8 @@ COLUMNS = [
     ("proxy_score_ci", "proxy 95% CI", "[{:.3f}, {:.3f}]"),
     ("judge_score", "judge", "{:.3f}"),
     ("judge_score_ci", "judge 95% CI", "[{:.3f}, {:.3f}]"),
+    ("score_gain", "gain", "{:+.3f}"),
+    ("score_gain_ci", "gain 95% CI", "[{:+.3f}, {:+.3f}]"),
     ("win_rate", "win", "{:.2f}"),
     ("win_rate_ci", "win 95% CI", "[{:.2f}, {:.2f}]"),
     ("lc_win_rate", "LC win", "{:.2f}"),
@@ -59,8 +61,9 @@ def caption(report: dict) -> str:
     if "decodings" in report:
         configs = "; ".join(f"{name}: {_changed(settings)}" for name, settings in report["decodings"].items())
         return f"{head}, model {report['model']}; decodings (changes from greedy): {configs}"
-    judged = ("win rates by the judge; LC win: at equal length" if report["win_judged_by"] == "judge" else
-              "win rates by the proxy, the RM that PPO optimised (no --judge given: PPO wins by construction)")
+    judged = ("gain (score minus the reference's, per prompt) and win rates by the judge; LC win: at equal length"
+              if report["win_judged_by"] == "judge" else
+              "gain and win rates by the proxy, the RM that PPO optimised (no --judge given: PPO wins by construction)")
     return f"{head}, decoding {json.dumps(report['decoding'])}, reference {report['reference']}; {judged}"
 
 

@@ -157,15 +157,19 @@ def answer_prompts(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 
 
 def stage_metrics(name: str, directory: str, rows: list[dict], reference_rows: list[dict], unit: str, judged_by: str = "judge") -> dict:
-    """The response metrics, the KL to the reference stage, and the win rate against it by the
-    `judged_by` score (paired bootstrap CI over prompts; length-controlled)."""
+    """The response metrics, the KL to the reference stage, and against it by the `judged_by`
+    score: the win rate (paired bootstrap CI over prompts; length-controlled) and the mean gain
+    in score (the CI of the per-prompt differences: paired as well)."""
     metrics = response_metrics(rows, unit)
     key = f"{judged_by}_score"
     scores, reference = [row[key] for row in rows], [row[key] for row in reference_rows]
+    gains = [score - ref for score, ref in zip(scores, reference, strict=True)]
+    gain_low, gain_high = bootstrap_ci(gains)
     rate, low, high = paired_bootstrap_win_rate(scores, reference)
     length_difference = [len(split_units(row["response"], unit)) - len(split_units(ref["response"], unit))
                          for row, ref in zip(rows, reference_rows, strict=True)]
-    return {"stage": name, "model": directory, **metrics, "win_rate": rate, "win_rate_ci_low": low, "win_rate_ci_high": high,
+    return {"stage": name, "model": directory, **metrics, "score_gain": statistics.fmean(gains), "score_gain_ci_low": gain_low,
+            "score_gain_ci_high": gain_high, "win_rate": rate, "win_rate_ci_low": low, "win_rate_ci_high": high,
             "lc_win_rate": length_controlled_win_rate(scores, reference, length_difference),
             "kl": statistics.fmean(row["kl"] for row in rows)}
 

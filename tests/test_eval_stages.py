@@ -9,7 +9,7 @@ import pytest
 from kochat_eval.rm_eval import evaluate_rm, margin_auc
 from kochat_eval.stages import StageEvalConfig, compare_stages
 
-COLUMNS = {"proxy_score", "proxy_score_ci_low", "proxy_score_ci_high", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "lc_win_rate",
+COLUMNS = {"proxy_score", "proxy_score_ci_low", "proxy_score_ci_high", "score_gain", "score_gain_ci_low", "score_gain_ci_high", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "lc_win_rate",
            "kl", "length_mean", "length_median", "eos_rate", "non_hangul_share", "distinct_1", "distinct_2", "seq_rep_4", "rep_w16",
            "loop_share"}
 
@@ -41,13 +41,13 @@ def test_stage_eval_produces_all_columns(tiny_base, tiny_rm, sample_data, run_cl
     # the same model, prompts and seed → the same responses, KL 0 and a win rate of exactly ½
     base, sft = report["stages"]
     assert base["kl"] == pytest.approx(0.0, abs=1e-5) and base["win_rate"] == 0.5 and base["proxy_score"] == sft["proxy_score"]
-    assert base["lc_win_rate"] == 0.5 and report["win_judged_by"] == "proxy"
+    assert base["lc_win_rate"] == 0.5 and base["score_gain"] == 0 and report["win_judged_by"] == "proxy"
     assert len(generations) == 2 * report["prompts"] and len(report["prompt_set_sha256"]) == 16
 
     code, out, err = run_cli("eval", "stages", "--stage", f"sft={tiny_base}", "--reward-model", tiny_rm, "--data", sample_data,
                              "--max-new-tokens", "4", "--markdown", "--out", tmp_path / "eval")
     assert code == 0, err
-    assert out.startswith("| stage | proxy | proxy 95% CI | win |") and report["prompt_set_sha256"] in out
+    assert out.startswith("| stage | proxy | proxy 95% CI | gain | gain 95% CI | win |") and report["prompt_set_sha256"] in out
     assert {p.name for p in (tmp_path / "eval").iterdir()} == {"report.json", "table.md", "report.csv", "generations.jsonl", "curves.png",
                                                                "report.html"}
     code, _, err = run_cli("eval", "stages", "--stage", "sft", "--reward-model", tiny_rm, "--data", sample_data)

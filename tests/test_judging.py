@@ -107,4 +107,8 @@ def test_a_policy_that_games_the_proxy_gains_on_the_proxy_only():
     assert gamed["proxy_score"] > sft["proxy_score"] + 5  # a big gain on the proxy
     assert gamed["judge_score_ci_low"] < sft["judge_score"] < gamed["judge_score_ci_high"]  # none on the judge
     assert gamed["win_rate_ci_low"] < 0.5 < gamed["win_rate_ci_high"]
+    assert gamed["score_gain_ci_low"] < 0 < gamed["score_gain_ci_high"] and sft["score_gain"] == 0
+    lifted = [{**r, "judge_score": r["judge_score"] + 0.5} for r in reference]  # every prompt gains exactly ½
+    gain = stage_metrics("ppo", "runs/ppo", lifted, reference, "eojeol", judged_by="judge")
+    assert (gain["score_gain"], gain["score_gain_ci_low"], gain["score_gain_ci_high"]) == pytest.approx((0.5, 0.5, 0.5))
     assert stage_metrics("ppo", "runs/ppo", policy, reference, "eojeol", judged_by="proxy")["win_rate"] == 1.0  # the proxy is fooled
