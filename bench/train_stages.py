@@ -6,7 +6,8 @@
 Builds the derived SFT + RM files and the real PPO prompts, then runs each stage in this
 process with the pipeline's settings; prints wall time per stage, base perplexity against the
 unigram baseline, SFT eval loss against its starting model's, the relevance probe of base and
-SFT (`kochat eval relevance`), and the proxy RM's eval accuracy (overall and per rank pair).
+SFT (`kochat eval relevance`; SFT's on its train pairs too), and the proxy RM's eval accuracy
+(overall and per rank pair).
 With --pipeline, the rest of `kochat pipeline` follows in the same directory, reusing those
 stages: the judge RM, PPO, DPO and the stage comparison with its table and warnings.
 The options are the ablations of issue 16; the numbers before the dialogue-shaped corpus come
@@ -74,6 +75,8 @@ def main() -> None:
                                relevance_negatives=args.relevance_negatives, **RM, **common))
     seconds["rm"] = time.perf_counter() - started
     relevance = {stage.out.name: probe_relevance(stage.out, data) for stage in (base, sft)}
+    # As many of its train pairs: did SFT learn which answer goes with the questions it saw, or nothing of the kind?
+    relevance["sft (train pairs)"] = probe_relevance(sft.out, data, max_pairs=relevance["sft"]["pairs"], split="train")
 
     table = Table(title=f"{args.out}: small preset, {sum(seconds.values()) / 60:.1f} min in total")
     table.add_column("stage")
@@ -85,7 +88,7 @@ def main() -> None:
                   f"{sft.metrics['start_eval_loss']:.3f} before SFT)")
     for name, probe in relevance.items():
         table.add_row(f"{name} relevance", "", f"the question lifts the right answer more on {probe['relevance_accuracy']:.3f} "
-                      f"of {probe['pairs']} held-out rank-0-vs-1 pairs (½: ignored)")
+                      f"of {probe['pairs']} {'held-out' if probe['split'] == 'eval' else 'train'} rank-0-vs-1 pairs (½: ignored)")
     pairs = ", ".join(f"{key.removeprefix('eval_accuracy_')} {value:.3f}" for key, value in rm.metrics.items() if key.startswith("eval_accuracy_"))
     table.add_row("rm", f"{seconds['rm']:.0f} s", f"eval accuracy {rm.metrics['eval_accuracy']:.3f} ({pairs}), "
                   f"mean margin {rm.metrics['eval_mean_margin']:.2f}")

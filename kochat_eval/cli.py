@@ -39,7 +39,10 @@ def register(evaluate: argparse.ArgumentParser) -> None:
                                                 "log p(answer | no question) is higher for the right answer than for the answer to "
                                                 "another question. ½ is a model that ignores the question.")
     relevance.add_argument("--model", required=True, metavar="DIR", help="causal LM directory (base, sft, ppo, dpo) or hub name")
-    relevance.add_argument("--data", type=Path, required=True, metavar="DIR", help="`kochat data build` directory; its rm eval split is used")
+    relevance.add_argument("--data", type=Path, required=True, metavar="DIR", help="`kochat data build` directory; its rm pairs are used")
+    relevance.add_argument("--split", default="eval", choices=["eval", "train"],
+                           help="eval: held-out pairs (does the model read new questions?); train: the pairs it may have "
+                                "learned from (high here and ½ on eval: it memorised, it did not generalise) (default: eval)")
     relevance.add_argument("--max-pairs", type=int, default=0, help="first N rank-0-vs-1 pairs (default: 0, all)")
     relevance.add_argument("--batch-size", type=int, default=32, help="pairs per forward (default: 32)")
     relevance.add_argument("--max-length", type=int, default=128, help="tokens per text, at most the model's positions (default: 128)")
@@ -106,12 +109,13 @@ def run_relevance(args: argparse.Namespace) -> int:
     from kochat_eval.relevance import probe_relevance
 
     _quiet()
-    result = probe_relevance(args.model, args.data, args.max_pairs, args.batch_size, args.max_length, args.device)
+    result = probe_relevance(args.model, args.data, args.max_pairs, args.batch_size, args.max_length, args.device, args.split)
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return 0
     console.print(f"{result['model']}: the question lifts the right answer more than another question's answer on "
-                  f"{result['relevance_accuracy']:.3f} of {result['pairs']} held-out pairs (½: the question is ignored); "
+                  f"{result['relevance_accuracy']:.3f} of {result['pairs']} {'held-out' if result['split'] == 'eval' else 'train'} pairs "
+                  "(½: the question is ignored); "
                   f"mean lift {result['mean_lift_right']:.2f} vs {result['mean_lift_other']:.2f} nats; "
                   f"log p(answer | question) alone prefers the right one on {result['conditional_accuracy']:.3f}", markup=False)
     return 0

@@ -4,7 +4,9 @@ On the held-out rank-0-vs-1 pairs (the right answer against a fluent answer to a
 each answer gets log p(answer | its question) − log p(answer | no question): how much the
 question raised its probability. A model that reads the prompt raises the right answer more;
 one that does not is at ½, however fluent it is. Comparing log p(answer | question) alone would
-mostly measure which answer is shorter or more common.
+mostly measure which answer is shorter or more common. On the train split's pairs the same probe
+tells a model that learned which answer goes with the questions it saw (high there, ½ held out)
+from one that learned nothing of the kind (½ on both).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
 
 # The pairs that differ in relevance only: both answers are fluent, one answers another question.
 RELEVANCE_RANKS = (0, 1)
+SPLITS = ("eval", "train")
 
 
 def relevance_accuracy(conditional: np.ndarray, unconditional: np.ndarray) -> dict[str, float]:
@@ -36,15 +39,17 @@ def relevance_accuracy(conditional: np.ndarray, unconditional: np.ndarray) -> di
 
 @torch.no_grad()
 def probe_relevance(model_dir: str | Path, data_dir: Path, max_pairs: int = 0, batch_size: int = 32, max_length: int = 128,
-                    device: str = "auto") -> dict:
+                    device: str = "auto", split: str = "eval") -> dict:
     if batch_size < 1 or max_length < 1 or max_pairs < 0:
         raise UsageError(f"--batch-size and --max-length must be ≥ 1 and --max-pairs ≥ 0, got {batch_size}, {max_length}, {max_pairs}")
+    if split not in SPLITS:
+        raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     data = load_stage_data(data_dir, Kind.RM, PAIR_COLUMNS, "kochat eval relevance")
-    pairs = require_rows(data, "eval", data_dir, Kind.RM, "no held-out pairs to probe")
+    pairs = require_rows(data, split, data_dir, Kind.RM, f"no {split} pairs to probe")
     pairs = pairs.filter(lambda rows: [tuple(ranks) == RELEVANCE_RANKS for ranks in zip(rows["chosen_rank"], rows["rejected_rank"])],
                          batched=True, keep_in_memory=True)
     if not len(pairs):
-        raise UsageError(f"{data_dir}: no held-out pair of a rank-0 and a rank-1 answer (the right answer against another question's)")
+        raise UsageError(f"{data_dir}: no {split} pair of a rank-0 and a rank-1 answer (the right answer against another question's)")
     pairs = pairs.select(range(min(len(pairs), max_pairs or len(pairs))))
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir, tokenizer).eval().to(resolve_device(device))
@@ -54,5 +59,5 @@ def probe_relevance(model_dir: str | Path, data_dir: Path, max_pairs: int = 0, b
     without_question = tokenize_preferences(pairs.map(lambda row: {"prompt": ""}, keep_in_memory=True), tokenizer, max_length)
     conditional = np.stack(pair_sequence_logprobs(with_question, model, collate, batch_size), axis=1)
     unconditional = np.stack(pair_sequence_logprobs(without_question, model, collate, batch_size), axis=1)
-    return {"model": str(model_dir), "data": str(data_dir), "pairs": len(pairs), "max_length": max_length,
+    return {"model": str(model_dir), "data": str(data_dir), "split": split, "pairs": len(pairs), "max_length": max_length,
             **relevance_accuracy(conditional, unconditional)}

@@ -43,7 +43,14 @@ def test_the_probe_compares_each_answer_with_and_without_its_question(tiny_base,
     assert code == 0, err
     assert json.loads(out)["relevance_accuracy"] == result["relevance_accuracy"]
 
+    train_pairs = datasets.load_from_disk(str(sample_data / "rm"))["train"].filter(lambda row: (row["chosen_rank"], row["rejected_rank"]) == (0, 1))
+    code, out, err = run_cli("eval", "relevance", "--model", tiny_base, "--data", sample_data, "--split", "train", "--max-pairs", 6)
+    lift = logprobs(train_pairs.select(range(6))) - logprobs(train_pairs.select(range(6)).map(lambda row: {"prompt": ""}))
+    assert code == 0 and f"on {float(np.mean(lift[:, 0] > lift[:, 1])):.3f} of 6 train pairs" in out, (out, err)
+
 
 def test_the_probe_refuses_bad_numbers(tiny_base, sample_data):
     with pytest.raises(UsageError, match="--batch-size"):
         probe_relevance(tiny_base, sample_data, batch_size=0)
+    with pytest.raises(UsageError, match="--split must be one of eval, train"):
+        probe_relevance(tiny_base, sample_data, split="test")
