@@ -13,17 +13,16 @@ from sklearn.linear_model import LogisticRegression
 from kochat_data.text import hangul_ratio
 
 
-def characters(text: str) -> set[str]:
-    """Distinct characters of a text, whitespace left out."""
-    return set("".join(text.split()))
+def char_ngrams(text: str, n: int) -> set[str]:
+    """Distinct character n-grams of a text with its whitespace removed."""
+    letters = "".join(text.split())
+    return {letters[i : i + n] for i in range(len(letters) - n + 1)}
 
 
-def prompt_overlap(prompt: str, response: str) -> float:
-    """Share of the prompt's characters (Hangul syllables, letters, marks) that the response
-    contains; 0 for an empty prompt. Bigrams tie on most short answers (70% of the shared data's
-    rank-0-vs-1 pairs); single syllables tell more of them apart."""
-    asked = characters(prompt)
-    return len(asked & characters(response)) / len(asked) if asked else 0.0
+def prompt_overlap(prompt: str, response: str, n: int = 2) -> float:
+    """Share of the prompt's character n-grams that the response contains (0 for a prompt without any)."""
+    asked = char_ngrams(prompt, n)
+    return len(asked & char_ngrams(response, n)) / len(asked) if asked else 0.0
 
 
 def hangul_shares(texts: Sequence[str]) -> np.ndarray:
@@ -36,7 +35,10 @@ SHORTCUTS: dict[str, ShortcutRule] = {
     "longer wins": lambda prompts, texts: np.array([len(text) for text in texts], dtype=float),
     "shorter wins": lambda prompts, texts: -np.array([len(text) for text in texts], dtype=float),
     "more Hangul wins": lambda prompts, texts: hangul_shares(texts),
-    "prompt overlap wins": lambda prompts, texts: np.array([prompt_overlap(p, t) for p, t in zip(prompts, texts, strict=True)]),
+    "prompt bigram overlap wins": lambda prompts, texts: np.array([prompt_overlap(p, t, 2) for p, t in zip(prompts, texts, strict=True)]),
+    # Bigrams tie on most short answers (70% of the shared data's rank-0-vs-1 pairs); single
+    # syllables tell more of them apart, and make the stronger rule there.
+    "prompt character overlap wins": lambda prompts, texts: np.array([prompt_overlap(p, t, 1) for p, t in zip(prompts, texts, strict=True)]),
 }
 
 

@@ -31,21 +31,26 @@ def test_shortcut_accuracies_by_hand():
     assert pair_accuracies(margins["shorter wins"], ranks, tie=0.5)["accuracy"] == 0.5
     # Hangul share: 1 v 0, 1 v 1 (a tie: ½), 1 v 1 (½), 1 v 0 → 3 of 4
     assert pair_accuracies(margins["more Hangul wins"], ranks, tie=0.5)["accuracy"] == 0.75
-    # the prompt's characters: 날씨어때 → 2/4 v 0; 점심뭐먹지 → 0 v 2/5; 영화추천 → 2/4 v 2/4 (a tie: ½); 잘자 → 1 v 0
-    assert prompt_overlap("날씨 어때", "날씨가 맑아요") == 0.5
-    assert pair_accuracies(margins["prompt overlap wins"], ranks, tie=0.5) == {"accuracy": 0.625, "accuracy_0v1": 0.25, "accuracy_0v2": 1.0,
-                                                                                "accuracy_1v2": 1.0}
+    # prompt bigrams: 날씨 씨어 어때 → 1/3 v 0; 점심 심뭐 뭐먹 먹지 → 0 v 1/4; 영화 화추 추천 → 1/3 v 1/3 (a tie: ½); 잘자 → 1 v 0
+    assert prompt_overlap("날씨 어때", "날씨가 맑아요") == pytest.approx(1 / 3)
+    assert pair_accuracies(margins["prompt bigram overlap wins"], ranks, tie=0.5) == {"accuracy": 0.625, "accuracy_0v1": 0.25,
+                                                                                       "accuracy_0v2": 1.0, "accuracy_1v2": 1.0}
+    # the prompt's characters: 날씨어때 → 2/4 v 0; 점심뭐먹지 → 0 v 2/5; 영화추천 → 2/4 v 2/4 (a tie); 잘자 → 1 v 0
+    assert prompt_overlap("날씨 어때", "날씨가 맑아요", n=1) == 0.5
+    assert pair_accuracies(margins["prompt character overlap wins"], ranks, tie=0.5)["accuracy"] == 0.625
+    assert prompt_overlap("날씨 어때", "맑아요", n=1) == 0 and prompt_overlap("", "맑아요") == 0
 
 
 def test_eval_rm_reports_the_shortcuts_next_to_the_model(tiny_rm, sample_data, run_cli):
     result = evaluate_rm(tiny_rm, sample_data, batch_size=8)
-    assert set(result["shortcuts"]) == {"longer wins", "shorter wins", "more Hangul wins", "prompt overlap wins"}
+    assert set(result["shortcuts"]) == {"longer wins", "shorter wins", "more Hangul wins", "prompt bigram overlap wins",
+                                        "prompt character overlap wins"}
     longer, shorter = result["shortcuts"]["longer wins"], result["shortcuts"]["shorter wins"]
     assert longer["accuracy"] + shorter["accuracy"] == pytest.approx(1)  # a pair of equal lengths is a coin toss for both
     best = max(rule["accuracy"] for rule in result["shortcuts"].values())
     assert result["beats_every_shortcut"]["accuracy"] == (result["accuracy"] > best)
     code, out, err = run_cli("eval", "rm", "--model", tiny_rm, "--data", sample_data)
-    assert code == 0 and "prompt overlap wins" in out and "0v1" in out
+    assert code == 0 and "prompt character overlap wins" in out and "0v1" in out
 
 
 def test_the_judge_share_is_disjoint_from_the_proxy_and_the_same_in_every_run(sample_data, tiny_base, tmp_path):
