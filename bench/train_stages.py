@@ -29,10 +29,11 @@ from rich.table import Table
 
 from kochat.pipeline import SHARED, STAGE_DEFAULTS, PipelineConfig, run_pipeline
 from kochat_data.build import BuildConfig, build
-from kochat_eval.relevance import probe_relevance
+from kochat_eval.relevance import probe_relevance, split_name
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.rm import RewardConfig, train_rm
 from kochat_train.sft import SFTConfig, train_sft
+from training_workloads import shared_inputs
 
 # The pipeline's stage settings, sized for the shared data on 2 CPU cores.
 BASE = {"preset": "small", **STAGE_DEFAULTS["train_base"]}
@@ -55,13 +56,12 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
 
+    inputs = shared_inputs(args.shared)
     # Base, SFT and RM are about to be replaced: a pipeline's later stages in this directory are stale.
     for stale in ("judge", "ppo", "dpo", "eval"):
         shutil.rmtree(args.out / stale, ignore_errors=True)
     (args.out / "pipeline.json").unlink(missing_ok=True)
     data = args.out / "data"
-    inputs = {"sft": [args.shared / "derived" / "kochat_1_SFT_chatbot.jsonl"], "rm": [args.shared / "derived" / "kochat_2_RM_chatbot.jsonl"],
-              "ppo": [args.shared / "kochatgpt" / "kochatgpt_3_PPO.jsonl"]}
     build(BuildConfig(out=data, overwrite=True, on_invalid="skip", seed=args.seed, **inputs))
     seconds = {}
     started = time.perf_counter()
@@ -88,7 +88,7 @@ def main() -> None:
                   f"{sft.metrics['start_eval_loss']:.3f} before SFT)")
     for name, probe in relevance.items():
         table.add_row(f"{name} relevance", "", f"the question lifts the right answer more on {probe['relevance_accuracy']:.3f} "
-                      f"of {probe['pairs']} {'held-out' if probe['split'] == 'eval' else 'train'} rank-0-vs-1 pairs (½: ignored)")
+                      f"of {probe['pairs']} {split_name(probe['split'])} rank-0-vs-1 pairs (½: ignored)")
     pairs = ", ".join(f"{key.removeprefix('eval_accuracy_')} {value:.3f}" for key, value in rm.metrics.items() if key.startswith("eval_accuracy_"))
     table.add_row("rm", f"{seconds['rm']:.0f} s", f"eval accuracy {rm.metrics['eval_accuracy']:.3f} ({pairs}), "
                   f"mean margin {rm.metrics['eval_mean_margin']:.2f}")

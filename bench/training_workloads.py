@@ -27,16 +27,22 @@ from kochat_train.template import render_prompt
 QUIET = {"overwrite": True, "logging_steps": 1000, "save_steps": 10**6, "seed": 0}
 
 
+def shared_inputs(shared: Path) -> dict[str, list[Path]]:
+    """The build inputs the benchmarks use from the shared data: derived SFT and RM files, the real PPO prompts."""
+    inputs = {"sft": [shared / "derived" / "kochat_1_SFT_chatbot.jsonl"], "rm": [shared / "derived" / "kochat_2_RM_chatbot.jsonl"],
+              "ppo": [shared / "kochatgpt" / "kochatgpt_3_PPO.jsonl"]}
+    missing = [str(path) for paths in inputs.values() for path in paths if not path.is_file()]
+    if missing:  # checked even when a build is cached: a wrong path must not pass unnoticed
+        raise SystemExit(f"no shared data at {shared} (--shared or KOCHAT_SHARED_DATA): {', '.join(missing)} missing")
+    return inputs
+
+
 def prepare(out: Path, shared: Path) -> tuple[Path, Path]:
     """The shared data built once, and a `small` model (one optimizer step: a tokenizer and 512 positions)."""
-    if not shared.is_dir():  # even with a build cached: a wrong path must not pass unnoticed
-        raise SystemExit(f"{shared}: no shared data there (--shared or KOCHAT_SHARED_DATA)")
+    inputs = shared_inputs(shared)
     data = out / "shared_built"
     if not (data / "manifest.json").exists():
-        build(BuildConfig(out=data, overwrite=True, on_invalid="skip",
-                          sft=[shared / "derived" / "kochat_1_SFT_chatbot.jsonl"],
-                          rm=[shared / "derived" / "kochat_2_RM_chatbot.jsonl"],
-                          ppo=[shared / "kochatgpt" / "kochatgpt_3_PPO.jsonl"]))
+        build(BuildConfig(out=data, overwrite=True, on_invalid="skip", **inputs))
     base = out / "base"
     if not (base / "kochat_stage.json").exists():
         train_base(BaseConfig(data=data, out=base, preset="small", max_length=512, max_steps=1, **QUIET))
