@@ -10,6 +10,7 @@ from kochat_data.console import make_console
 from rich.table import Table
 
 from kochat_data.errors import UsageError
+from kochat_data.split import SPLITS
 from kochat_eval.html_report import render_html
 from kochat_eval.metrics import UNITS
 from kochat_eval.report import csv_text, markdown, plot_curves, print_stage_table
@@ -40,7 +41,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
                                                 "another question. ½ is a model that ignores the question.")
     relevance.add_argument("--model", required=True, metavar="DIR", help="causal LM directory (base, sft, ppo, dpo) or hub name")
     relevance.add_argument("--data", type=Path, required=True, metavar="DIR", help="`kochat data build` directory; its rm pairs are used")
-    relevance.add_argument("--split", default="eval", choices=["eval", "train"],
+    relevance.add_argument("--split", default="eval", choices=sorted(SPLITS),
                            help="eval: held-out pairs (does the model read new questions?); train: the pairs it may have "
                                 "learned from (high here and ½ on eval: it memorised, it did not generalise) (default: eval)")
     relevance.add_argument("--max-pairs", type=int, default=0, help="first N rank-0-vs-1 pairs (default: 0, all)")
@@ -106,7 +107,7 @@ def _quiet() -> None:
 
 
 def run_relevance(args: argparse.Namespace) -> int:
-    from kochat_eval.relevance import probe_relevance
+    from kochat_eval.relevance import probe_relevance, split_name
 
     _quiet()
     result = probe_relevance(args.model, args.data, args.max_pairs, args.batch_size, args.max_length, args.device, args.split)
@@ -114,7 +115,7 @@ def run_relevance(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return 0
     console.print(f"{result['model']}: the question lifts the right answer more than another question's answer on "
-                  f"{result['relevance_accuracy']:.3f} of {result['pairs']} {'held-out' if result['split'] == 'eval' else 'train'} pairs "
+                  f"{result['relevance_accuracy']:.3f} of {result['pairs']} {split_name(result['split'])} pairs "
                   "(½: the question is ignored); "
                   f"mean lift {result['mean_lift_right']:.2f} vs {result['mean_lift_other']:.2f} nats; "
                   f"log p(answer | question) alone prefers the right one on {result['conditional_accuracy']:.3f}", markup=False)
@@ -145,8 +146,9 @@ def rm_table(result: dict) -> Table:
     """Accuracy overall and per rank pair, for the reward model and each shortcut rule; ✗ marks
     where the model is not above the best rule."""
     keys = list(result["beats_every_shortcut"])
-    table = Table(title=f"reward model {result['model']} on {result['pairs']} eval pairs (a model's tie = wrong, a rule's = ½)",
-                  caption=f"mean margin {result['mean_margin']:.3f}, ROC-AUC {result['roc_auc']:.3f}, max_length {result['max_length']}")
+    table = Table(title=f"reward model {result['model']} on {result['pairs']} eval pairs",
+                  caption=f"mean margin {result['mean_margin']:.3f}, ROC-AUC {result['roc_auc']:.3f}, max_length {result['max_length']}\n"
+                          "a tie is wrong for the model, ½ for a rule")
     table.add_column("scorer")
     for key in keys:
         table.add_column("all pairs" if key == "accuracy" else key.removeprefix("accuracy_"), justify="right")

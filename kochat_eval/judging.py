@@ -31,14 +31,19 @@ def hangul_shares(texts: Sequence[str]) -> np.ndarray:
 
 # Rules that need no model: each gives every response a number; the pair goes to the higher one.
 ShortcutRule = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+
+
+def overlap_rule(n: int) -> ShortcutRule:
+    return lambda prompts, texts: np.array([prompt_overlap(p, t, n) for p, t in zip(prompts, texts, strict=True)])
+
 SHORTCUTS: dict[str, ShortcutRule] = {
     "longer wins": lambda prompts, texts: np.array([len(text) for text in texts], dtype=float),
     "shorter wins": lambda prompts, texts: -np.array([len(text) for text in texts], dtype=float),
     "more Hangul wins": lambda prompts, texts: hangul_shares(texts),
-    "prompt bigram overlap wins": lambda prompts, texts: np.array([prompt_overlap(p, t, 2) for p, t in zip(prompts, texts, strict=True)]),
+    "prompt bigram overlap wins": overlap_rule(2),
     # Bigrams tie on most short answers (70% of the shared data's rank-0-vs-1 pairs); single
     # syllables tell more of them apart, and make the stronger rule there.
-    "prompt character overlap wins": lambda prompts, texts: np.array([prompt_overlap(p, t, 1) for p, t in zip(prompts, texts, strict=True)]),
+    "prompt character overlap wins": overlap_rule(1),
 }
 
 

@@ -18,6 +18,7 @@ import torch
 
 from kochat_data.errors import UsageError
 from kochat_data.schema import Kind
+from kochat_data.split import SPLITS
 from kochat_train.dpo import PreferenceCollator, pair_sequence_logprobs, tokenize_preferences
 from kochat_train.rm import PAIR_COLUMNS
 from kochat_train.runtime import load_stage_data, require_rows, resolve_device
@@ -25,7 +26,11 @@ from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
 
 # The pairs that differ in relevance only: both answers are fluent, one answers another question.
 RELEVANCE_RANKS = (0, 1)
-SPLITS = ("eval", "train")
+
+
+def split_name(split: str) -> str:
+    """How a report names the pairs of a split."""
+    return "held-out" if split == "eval" else split
 
 
 def relevance_accuracy(conditional: np.ndarray, unconditional: np.ndarray) -> dict[str, float]:
@@ -43,7 +48,7 @@ def probe_relevance(model_dir: str | Path, data_dir: Path, max_pairs: int = 0, b
     if batch_size < 1 or max_length < 1 or max_pairs < 0:
         raise UsageError(f"--batch-size and --max-length must be ≥ 1 and --max-pairs ≥ 0, got {batch_size}, {max_length}, {max_pairs}")
     if split not in SPLITS:
-        raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise UsageError(f"--split must be one of {', '.join(sorted(SPLITS))}, got {split!r}")
     data = load_stage_data(data_dir, Kind.RM, PAIR_COLUMNS, "kochat eval relevance")
     pairs = require_rows(data, split, data_dir, Kind.RM, f"no {split} pairs to probe")
     pairs = pairs.filter(lambda rows: [tuple(ranks) == RELEVANCE_RANKS for ranks in zip(rows["chosen_rank"], rows["rejected_rank"])],

@@ -48,7 +48,7 @@ class TrainConfig:
     # train as fp32 does, on the shared data: base and SFT gave the same eval losses (Δ ≤ 0.002 nats); DPO the
     # same eval accuracy and loss (Δ 0.00002), PPO the same judge score within its CI (5.508 vs 5.477); the RM
     # lost 0.07–0.11 on rank-0-vs-1 pairs over two seeds, so it stays fp32.
-    cpu_bf16_by_default: ClassVar[bool] = False
+    cpu_bf16_by_default: ClassVar[bool] = True
 
     data: Path | None = option(None, "directory written by `kochat data build`")
     out: Path | None = option(None, "directory for the trained model, checkpoints and metrics.jsonl")

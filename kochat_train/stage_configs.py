@@ -19,7 +19,6 @@ LOSSES = ("sigmoid", "ipo")
 
 @dataclass
 class BaseConfig(TrainConfig):
-    cpu_bf16_by_default = True
     preset: str = option("small", f"model size: {', '.join(PRESETS)} (tiny is for tests)")
     vocab_size: int | None = option(None, "BPE vocabulary size, special tokens included (default: the preset's)")
     n_layer: int | None = option(None, "transformer blocks (default: the preset's)")
@@ -48,7 +47,6 @@ class BaseConfig(TrainConfig):
 
 @dataclass
 class SFTConfig(TrainConfig):
-    cpu_bf16_by_default = True
     model: str | None = option(None, "causal LM to fine-tune: hub name or directory (e.g. `kochat train base` output)")
 
     def problems(self) -> list[str]:
@@ -57,6 +55,7 @@ class SFTConfig(TrainConfig):
 
 @dataclass
 class RewardConfig(TrainConfig):
+    cpu_bf16_by_default = False  # see TrainConfig: bf16 cost the RM its rank-0-vs-1 accuracy
     model: str | None = option(None, "backbone: an SFT or base directory or hub name (a reward model directory continues training)")
     pairs: str = option("all", "train pairs: all; proxy (all but the judge share: the RM that PPO optimises); or judge "
                         "(the judge share: an RM that referees the policy, never seen by the proxy)")
@@ -78,7 +77,6 @@ class RewardConfig(TrainConfig):
 
 @dataclass
 class PPOConfig(TrainConfig):
-    cpu_bf16_by_default = True
     sft: str | None = option(None, "SFT model directory: the actor and the frozen reference")
     rm: str | None = option(None, "reward model directory (the proxy): the frozen reward and the critic's initialisation")
     judge: str | None = option(None, "reward model PPO never optimises (`kochat train rm --pairs judge`): it only scores the "
@@ -137,7 +135,6 @@ class PPOConfig(TrainConfig):
 
 @dataclass
 class DPOConfig(TrainConfig):
-    cpu_bf16_by_default = True
     model: str | None = option(None, "SFT model directory: the policy to train and the frozen reference")
     beta: float = option(0.1, "β: how far from the reference the implicit reward lets the policy move")
     loss: str = option("sigmoid", "sigmoid (Rafailov et al. 2023: −log σ(β·Δ)) or ipo (Azar et al. 2023: (Δ − 1/(2β))²)")
