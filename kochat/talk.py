@@ -1,7 +1,7 @@
 """`kochat generate`, `kochat chat`, `kochat score`: talk to trained models from the command line.
 
 Parsing, the chat loop and rendering live here; generation is `kochat_train.rollout.generate` (the
-path PPO and the evaluations use) and scoring is `kochat_eval.scoring`. torch is imported only
+path PPO and the evaluations use) and scoring is `kochat_train.rewards`. torch is imported only
 when a command runs, so `--help` is instant.
 """
 
@@ -219,7 +219,7 @@ def run_score(args: argparse.Namespace) -> int:
         prompts, responses = prompts + more_prompts, responses + more_responses
     if not responses:
         raise UsageError("no response: give RESPONSE arguments or --file")
-    from kochat_eval.scoring import RewardScorer
+    from kochat_train.rewards import RewardScorer
 
     _quiet()
     rewards = RewardScorer(Path(args.model), args.device, args.max_length).score(prompts, responses, args.batch_size)

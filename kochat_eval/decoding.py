@@ -17,6 +17,7 @@ from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
 from kochat_eval.stages import Referees, answer_prompts, eval_prompts, prompt_set_hash, response_metrics
 from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, decoding_problems
+from kochat_train.relevance_scorer import BUNDLED
 from kochat_train.runtime import resolve_device
 from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
 
@@ -34,6 +35,7 @@ class DecodingEvalConfig:
     seed: int = 0
     unit: str = "eojeol"
     device: str = "auto"
+    relevance: str | None = BUNDLED  # the relevance referee's encoder (None: no relevance column)
 
     def settings(self, name: str) -> dict:
         """Every decoding setting of one config: transformers' defaults, --max-new-tokens, then the config's own."""
@@ -59,9 +61,8 @@ def compare_decodings(config: DecodingEvalConfig) -> tuple[dict, list[dict]]:
         raise UsageError("; ".join(problems))
     device = resolve_device(config.device)
     prompts = eval_prompts(config.data, config.max_prompts)
-    referees = Referees(config.reward_model, config.judge, device)
+    referees = Referees(config.reward_model, config.judge, device, config.relevance)
     tokenizer = load_tokenizer(config.model)
-    referees.check_tokenizer(tokenizer, str(config.model))
     policy = load_causal_lm(config.model, tokenizer, dtype=inference_dtype(device)).to(device).eval()
     rows: dict[str, list[dict]] = {}
     with progress_bar() as progress:
@@ -72,7 +73,7 @@ def compare_decodings(config: DecodingEvalConfig) -> tuple[dict, list[dict]]:
                 lambda done: progress.advance(task, done))]
     report = {
         "title": "kochat decoding comparison", "model": str(config.model), "reward_model": str(config.reward_model),
-        "judge": None if config.judge is None else str(config.judge),
+        "judge": None if config.judge is None else str(config.judge), **referees.describe_relevance(),
         "prompts": len(prompts), "prompt_set_sha256": prompt_set_hash(prompts), "seed": config.seed, "unit": config.unit,
         "decodings": {name: config.settings(name) for name in config.decodings},
         "stages": [{"stage": name, "model": str(config.model), **response_metrics(rows[name], config.unit)} for name in rows],

@@ -67,13 +67,15 @@ def _answers(generations: list[dict], names: list[str], reference: str, group: s
     label = score.removesuffix("_score")
     head = ["#", "prompt"] + [f"{name}" for name in names] + [f"Δ {label}: {name} − {reference}" for name in others]
     lines = [f"<h2>Every held-out prompt ({len(by_prompt)})</h2>",
-             f"<p>Scores are proxy / judge where there is a judge. Click a Δ header to sort by the {label} score difference.</p>",
+             f"<p>Scores are proxy / judge where there is a judge, then the relevance referee's cosine. Click a Δ header to sort by the {label} score difference.</p>",
              "<table id=\"answers\"><thead><tr>" + "".join(f"<th>{escape(text)}</th>" for text in head) + "</tr></thead><tbody>"]
     for number, (prompt, rows) in enumerate(by_prompt.items(), start=1):
         cells = [f"<td class=\"num\">{number}</td>", f"<td class=\"text\">{escape(prompt)}</td>"]
         for name in names:
             row = rows.get(name, {})
             scores = " / ".join(f"{row[key]:.3f}" for key in ("proxy_score", "judge_score") if key in row)
+            if "relevance" in row:
+                scores += f" · relevance {row['relevance']:.3f}"
             cells.append(f"<td class=\"text\" data-sort=\"{row.get(score, '')}\">{escape(row.get('response', ''))}"
                          f"<div class=\"score\">{escape(scores)}</div></td>")
         for name in others:

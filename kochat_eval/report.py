@@ -28,6 +28,10 @@ COLUMNS = [
     ("win_rate", "win", "{:.2f}"),
     ("win_rate_ci", "win 95% CI", "[{:.2f}, {:.2f}]"),
     ("lc_win_rate", "LC win", "{:.2f}"),
+    ("relevance", "relevance", "{:.3f}"),
+    ("relevance_ci", "rel. 95% CI", "[{:.3f}, {:.3f}]"),
+    ("relevance_win_rate", "rel. win", "{:.2f}"),
+    ("relevance_win_rate_ci", "rel. win 95% CI", "[{:.2f}, {:.2f}]"),
     ("kl", "KL to ref", "{:.3f}"),
     ("length_mean", "length", "{:.1f}"),
     ("length_median", "median", "{:.1f}"),
@@ -60,11 +64,25 @@ def caption(report: dict) -> str:
     head = f"{report['prompts']} held-out prompts (set {report['prompt_set_sha256']}), seed {report['seed']}, units {report['unit']}"
     if "decodings" in report:
         configs = "; ".join(f"{name}: {_changed(settings)}" for name, settings in report["decodings"].items())
-        return f"{head}, model {report['model']}; decodings (changes from greedy): {configs}"
+        return f"{head}, model {report['model']}; decodings (changes from greedy): {configs}{relevance_caption(report)}"
     judged = ("gain (score minus the reference's, per prompt) and win rates by the judge; LC win: at equal length"
               if report["win_judged_by"] == "judge" else
               "gain and win rates by the proxy, the RM that PPO optimised (no --judge given: PPO wins by construction)")
-    return f"{head}, decoding {json.dumps(report['decoding'])}, reference {report['reference']}; {judged}"
+    return f"{head}, decoding {json.dumps(report['decoding'])}, reference {report['reference']}; {judged}{relevance_caption(report)}"
+
+
+def relevance_caption(report: dict) -> str:
+    """What the relevance column is, and whether its referee shares pretrained weights with a reward model."""
+    referee = report.get("relevance_referee")
+    if not referee:
+        return "; no relevance referee (pip install 'kochat[relevance]')"
+    shared = report.get("relevance_shares_weights_with") or []
+    kinship = (f"it shares its pretrained weights with the {' and the '.join(shared)} RM (both start from that encoder), so it is "
+               "not independent of what PPO optimised" if "proxy" in shared else
+               f"it shares its pretrained weights with the {' and the '.join(shared)} RM" if shared else
+               "it shares no weights with the reward models")
+    wins = "" if "decodings" in report else " (rel. win: against the reference, paired)"
+    return f"; relevance: cos(question, answer) of {referee}, no training on this data{wins}; {kinship}"
 
 
 def _changed(settings: dict) -> str:

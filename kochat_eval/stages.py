@@ -27,10 +27,11 @@ from kochat_data.schema import Kind
 from kochat_data.text import hangul_ratio
 from kochat_eval.judging import length_controlled_win_rate, paired_bootstrap_win_rate
 from kochat_eval.metrics import bootstrap_ci, repetition_metrics, split_units
-from kochat_eval.scoring import RewardScorer
-from kochat_train.rollout import Rollout, decoding_config, generate, response_logits, response_texts, token_logprobs
+from kochat_train.relevance_scorer import BUNDLED, RelevanceScorer, bundled_available
+from kochat_train.rewards import RewardScorer
+from kochat_train.rollout import decoding_config, generate, response_logits, response_texts, token_logprobs
 from kochat_train.runtime import load_stage_data, resolve_device
-from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer, require_same_tokenizer
+from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
 
 
 @dataclass
@@ -47,6 +48,7 @@ class StageEvalConfig:
     seed: int = 0
     unit: str = "eojeol"
     device: str = "auto"
+    relevance: str | None = BUNDLED  # the relevance referee's encoder (None: no relevance column)
 
     def problems(self) -> list[str]:
         """Every out-of-range setting, named by its flag."""
@@ -62,23 +64,29 @@ class StageEvalConfig:
 
 
 class Referees:
-    """The proxy reward model and, when given, the judge: both score every response."""
+    """The proxy reward model, the judge when given, and the relevance referee when there is one: each
+    scores every response from its text (`kochat_train.rewards`), so none needs the policy's tokenizer."""
 
-    def __init__(self, proxy: Path, judge: Path | None, device: str):
-        scorers = {"proxy": RewardScorer(proxy, device)} | ({} if judge is None else {"judge": RewardScorer(judge, device)})
-        self.tokenizer = scorers["proxy"].tokenizer
+    def __init__(self, proxy: Path, judge: Path | None, device: str, relevance: str | None = BUNDLED):
+        self.scorers = {"proxy": RewardScorer(proxy, device)} | ({} if judge is None else {"judge": RewardScorer(judge, device)})
         self.sources = {"proxy": proxy, "judge": judge}
-        if judge is not None:
-            require_same_tokenizer(self.tokenizer, scorers["judge"].tokenizer, proxy, judge)
-        self.models = {name: scorer.model for name, scorer in scorers.items()}
+        self.relevance = None
+        if relevance is not None and (relevance != BUNDLED or bundled_available()):
+            self.relevance = RelevanceScorer(relevance, device)
 
-    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
-        require_same_tokenizer(self.tokenizer, tokenizer, self.sources["proxy"], source)
+    def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+        """`{proxy_score: […], judge_score: […], relevance: […]}` of each response."""
+        scores = {f"{name}_score": scorer.score(prompts, responses) for name, scorer in self.scorers.items()}
+        if self.relevance is not None:
+            scores["relevance"] = self.relevance.score(prompts, responses).tolist()
+        return scores
 
-    @torch.no_grad()
-    def score(self, rollout: Rollout) -> dict[str, list[float]]:
-        """`{proxy_score: […], judge_score: […]}` of each response."""
-        return {f"{name}_score": model(rollout.input_ids, rollout.attention_mask).tolist() for name, model in self.models.items()}
+    def describe_relevance(self) -> dict:
+        """What the relevance referee is, and which reward models share its pretrained weights (started from the same encoder)."""
+        if self.relevance is None:
+            return {"relevance_referee": None}
+        shared = [name for name, scorer in self.scorers.items() if scorer.reading is not None and scorer.reading.encoder == self.relevance.encoder]
+        return {"relevance_referee": self.relevance.describe(), "relevance_shares_weights_with": shared}
 
 
 def prompt_set_hash(prompts: list[str]) -> str:
@@ -103,10 +111,8 @@ def compare_stages(config: StageEvalConfig) -> tuple[dict, list[dict]]:
     device = resolve_device(config.device)
     dtype = inference_dtype(device)
     prompts = eval_prompts(config.data, config.max_prompts)
-    referees = Referees(config.reward_model, config.judge, device)
-    tokenizers = {name: load_tokenizer(directory) for name, directory in config.stages.items()}
-    for name, tokenizer in tokenizers.items():  # every input checked before the first generation
-        referees.check_tokenizer(tokenizer, f"{config.stages[name]} (stage {name!r})")
+    referees = Referees(config.reward_model, config.judge, device, config.relevance)
+    tokenizers = {name: load_tokenizer(directory) for name, directory in config.stages.items()}  # all checked before generating
     reference = load_causal_lm(config.stages[config.reference], tokenizers[config.reference], dtype=dtype).to(device).eval()
     rows: dict[str, list[dict]] = {}
     with progress_bar() as progress:
@@ -121,6 +127,7 @@ def compare_stages(config: StageEvalConfig) -> tuple[dict, list[dict]]:
         "prompts": len(prompts), "prompt_set_sha256": prompt_set_hash(prompts), "seed": config.seed,
         "decoding": config.decoding, "unit": config.unit, "reference": config.reference, "win_judged_by": judged_by,
         "reward_model": str(config.reward_model), "judge": None if config.judge is None else str(config.judge),
+        **referees.describe_relevance(),
         "stages": [stage_metrics(name, str(config.stages[name]), rows[name], rows[config.reference], config.unit, judged_by)
                    for name in rows],
     }
@@ -142,14 +149,15 @@ def answer_prompts(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         batch = prompts[start : start + batch_size]
         rollout = generate(policy, tokenizer, batch, max_length, settings)
         mask = rollout.response_mask.float()
-        scores = referees.score(rollout)
+        copies = len(rollout.response_ids) // len(batch)
+        responses = response_texts(tokenizer, rollout)
+        scores = referees.score([prompt for prompt in batch for _ in range(copies)], responses)
         ended = rollout.ended_with_eos(tokenizer.eos_token_id).tolist()
         if reference is not None:  # KL between the distributions the responses were sampled from (tempered alike)
             logprobs = token_logprobs(response_logits(policy, rollout, temperature), rollout.response_ids)
             ref_logprobs = token_logprobs(response_logits(reference, rollout, temperature), rollout.response_ids)
             scores["kl"] = ((logprobs - ref_logprobs) * mask).sum(dim=1).tolist()
-        copies = len(rollout.response_ids) // len(batch)
-        for i, response in enumerate(response_texts(tokenizer, rollout)):
+        for i, response in enumerate(responses):
             rows.append({"prompt": batch[i // copies], "response": response, **{key: values[i] for key, values in scores.items()},
                          "tokens": int(mask[i].sum()), "eos": ended[i]})
         advance(len(batch))
@@ -168,6 +176,9 @@ def stage_metrics(name: str, directory: str, rows: list[dict], reference_rows: l
     rate, low, high = paired_bootstrap_win_rate(scores, reference)
     length_difference = [len(split_units(row["response"], unit)) - len(split_units(ref["response"], unit))
                          for row, ref in zip(rows, reference_rows, strict=True)]
+    if "relevance" in rows[0]:  # the relevance referee's win rate, paired like the judge's
+        relevance = paired_bootstrap_win_rate([row["relevance"] for row in rows], [row["relevance"] for row in reference_rows])
+        metrics |= dict(zip(("relevance_win_rate", "relevance_win_rate_ci_low", "relevance_win_rate_ci_high"), relevance, strict=True))
     return {"stage": name, "model": directory, **metrics, "score_gain": statistics.fmean(gains), "score_gain_ci_low": gain_low,
             "score_gain_ci_high": gain_high, "win_rate": rate, "win_rate_ci_low": low, "win_rate_ci_high": high,
             "lc_win_rate": length_controlled_win_rate(scores, reference, length_difference),
@@ -175,14 +186,14 @@ def stage_metrics(name: str, directory: str, rows: list[dict], reference_rows: l
 
 
 def response_metrics(rows: list[dict], unit: str) -> dict:
-    """Score means with bootstrap CIs (proxy, and judge when scored), length, EOS rate, non-Hangul
+    """Score means with bootstrap CIs (proxy, and judge and relevance when scored), length, EOS rate, non-Hangul
     share and repetition of a set of responses."""
     scores = {}
-    for name in ("proxy", "judge"):
-        if f"{name}_score" in rows[0]:
-            values = [row[f"{name}_score"] for row in rows]
+    for key in ("proxy_score", "judge_score", "relevance"):
+        if key in rows[0]:
+            values = [row[key] for row in rows]
             low, high = bootstrap_ci(values)
-            scores |= {f"{name}_score": statistics.fmean(values), f"{name}_score_ci_low": low, f"{name}_score_ci_high": high}
+            scores |= {key: statistics.fmean(values), f"{key}_ci_low": low, f"{key}_ci_high": high}
     units = [split_units(row["response"], unit) for row in rows]
     lengths = [len(u) for u in units]
     hangul = pl.DataFrame({"text": [row["response"] for row in rows]}).select(hangul_ratio(pl.col("text")).alias("ratio"))["ratio"]

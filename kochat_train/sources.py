@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -31,7 +32,8 @@ from kochat_data.errors import UsageError
 # four roles. We do the same whenever a tokenizer's eos is foreign to its vocabulary but
 # `</s>` is in it.
 KOGPT2_SPECIAL_TOKENS = {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>", "pad_token": "</s>"}
-REWARD_HEAD = "score"
+REWARD_HEAD = "score"  # a decoder's head; encoders name theirs `classifier`
+REWARD_HEADS = (REWARD_HEAD, "classifier")
 
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
@@ -57,13 +59,6 @@ def _eos_is_foreign(tokenizer: PreTrainedTokenizerBase) -> bool:
     return "</s>" in vocab and (tokenizer.eos_token is None or tokenizer.eos_token not in vocab)
 
 
-def require_same_tokenizer(tokenizer: PreTrainedTokenizerBase, other: PreTrainedTokenizerBase, source: str | Path, other_source: str | Path) -> None:
-    """Models that read each other's token ids must share one vocabulary."""
-    if tokenizer.get_vocab() != other.get_vocab():
-        raise UsageError(f"{other_source}: its tokenizer differs from that of {source}; "
-                         "both models must come from the same base model (the same vocabulary)")
-
-
 def inference_dtype(device: str) -> torch.dtype:
     """Frozen models (reference, reward, judge) may run in bf16 on CUDA; trained ones stay fp32."""
     return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
@@ -84,22 +79,32 @@ def load_causal_lm(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype
 
 
 def load_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A trained reward model; a directory whose score head would be initialised at random is refused."""
+    """A trained reward model; a directory whose one-output head would be initialised at random is refused."""
     model, info = _from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=dtype, output_loading_info=True)
-    head = getattr(model, REWARD_HEAD, None)
-    missing = {key for key in info["missing_keys"] if key.split(".")[0] == REWARD_HEAD}
-    if head is None or missing or getattr(head, "out_features", 1) != 1:
+    missing = {key for key in info["missing_keys"] if key.split(".")[0] in REWARD_HEADS}
+    if not any(hasattr(model, head) for head in REWARD_HEADS) or missing:
         architectures = ", ".join(getattr(model.config, "architectures", None) or [type(model).__name__])
         raise UsageError(f"{source}: not a reward model (a {architectures} checkpoint without a trained one-output "
-                         f"'{REWARD_HEAD}' head); pass a directory written by `kochat train rm`")
+                         f"'{REWARD_HEAD}' or 'classifier' head); pass a directory written by `kochat train rm`")
     return _align(model, tokenizer)
 
 
+def reads_pairs(model: PreTrainedModel) -> bool:
+    """An encoder's classifier (BERT, XLM-R: `classifier` on the first token) reads a (question, answer)
+    text pair; a decoder's `score` head reads the last token of template + response + EOS."""
+    return not hasattr(model, REWARD_HEAD)
+
+
+def load_encoder(source: str | Path) -> PreTrainedModel:
+    """A pretrained encoder's backbone (no head), to embed texts."""
+    return _from_pretrained(AutoModel, source)
+
+
 def init_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A reward model to train: from a reward model directory, or a causal LM with a new head (fp32)."""
+    """A reward model to train: from a reward model directory, or a causal LM or an encoder with a new head (fp32)."""
     model = _align(_from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=torch.float32), tokenizer)
-    if not hasattr(model, REWARD_HEAD):
-        raise UsageError(f"{source}: {type(model).__name__} has no `{REWARD_HEAD}` head; kochat's reward model needs one")
+    if not any(hasattr(model, head) for head in REWARD_HEADS):
+        raise UsageError(f"{source}: {type(model).__name__} has no `{REWARD_HEAD}` or `classifier` head; kochat's reward model needs one")
     return model
 
 

@@ -63,6 +63,8 @@ class RewardConfig(TrainConfig):
                                 "(the same in every run and for every seed)")
     relevance_negatives: int = option(0, "per train prompt, this many extra pairs of its best answer against the best answer "
                                       "of another train prompt (relevance pairs like the data's rank 0 vs 1)")
+    freeze_embeddings: bool = option(False, "keep the input embeddings fixed (a pretrained encoder's vocabulary table: 96M of "
+                                     "multilingual-e5-small's 118M parameters, most rows never seen in the pairs)")
 
     def problems(self) -> list[str]:
         found = super().problems() + ([] if self.model else ["'model' is required (SFT or base directory, or hub name)"])

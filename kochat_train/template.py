@@ -1,8 +1,16 @@
-"""The KoChatGPT prompt template and how a (prompt, response) becomes token ids, shared by every stage."""
+"""The KoChatGPT prompt template and how a (prompt, response) becomes token ids, shared by every stage;
+and how an encoder (a relevance referee, an encoder reward model) reads a question and an answer."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
 from transformers import PreTrainedTokenizerBase
+
+from kochat_data.errors import UsageError
+from kochat_train.e5_export import E5_PREFIXES, ENCODER_FILE
 
 PROMPT_TEMPLATE = "### Instruction(명령어):\n{prompt}\n\n### Response(응답):"
 IGNORE_INDEX = -100  # the label value cross-entropy skips in transformers
@@ -35,3 +43,42 @@ def encode_examples(
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id]
     return [join_prompt_response(p, r + eos, max_length) for p, r in zip(prompt_ids, response_ids, strict=True)]
+
+
+@dataclass(frozen=True)
+class EncoderReading:
+    """How an encoder reads a question and an answer: what it is, and the text put before each."""
+
+    encoder: str
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+
+def encoder_reading(source: str | Path) -> EncoderReading:
+    """From the directory's kochat_encoder.json; else a name with an `e5` part reads like e5 (query:/passage:)."""
+    path = Path(source) / ENCODER_FILE
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            return EncoderReading(str(record["encoder"]), str(record["query_prefix"]), str(record["passage_prefix"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise UsageError(f"{path}: not a kochat encoder record ({err})") from None
+    name = str(source).rstrip("/")
+    parts = Path(name).name.lower().replace("_", "-").split("-")
+    return EncoderReading(name, **E5_PREFIXES) if "e5" in parts else EncoderReading(name)
+
+
+def write_encoder_reading(out: Path, reading: EncoderReading) -> None:
+    """Kept beside a model made from an encoder, so that it reads texts as it was trained to."""
+    (Path(out) / ENCODER_FILE).write_text(json.dumps(asdict(reading), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def reward_inputs(tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], max_length: int,
+                  reading: EncoderReading | None = None) -> list[list[int]]:
+    """The token ids a reward model scores: a decoder reads `template(prompt) + response + EOS` (its
+    reward sits at the last token); an encoder (`reading` given) reads the text pair
+    `<s> query </s></s> passage </s>` with its prefixes, cut longest side first."""
+    if reading is None:
+        return [ids for ids, _ in encode_examples(tokenizer, prompts, responses, max_length)]
+    return tokenizer([reading.query_prefix + p for p in prompts], [reading.passage_prefix + r for r in responses],
+                     truncation=True, max_length=max_length)["input_ids"]

