@@ -1,7 +1,9 @@
-"""kochat against TRL (SFTTrainer, RewardTrainer, DPOTrainer): same model, data, hyperparameters, steps and seed, one run.
+"""kochat against TRL (SFTTrainer, RewardTrainer, DPOTrainer, GRPOTrainer): same model, data, hyperparameters, steps and seed, one run.
 
     pip install -e '.[bench]'     # TRL: only for the benchmarks, never a kochat dependency
-    python bench/peers.py [--precision fp32] [--base runs/real/base]
+    python bench/peers.py [--precision fp32] [--base runs/real/base] [--grpo-from runs/real] [--only grpo]
+
+GRPO (`grpo_peers.py`) needs a pipeline run's SFT model and reward models (`--grpo-from`).
 
 Per workload, each side trains one epoch over the same train rows from the same starting
 weights with the same batch size, learning rate and schedule (linear, no warmup), weight
@@ -212,11 +214,20 @@ def main() -> None:
     parser.add_argument("--rm-pairs", type=int, default=512)
     parser.add_argument("--dpo-pairs", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grpo-from", type=Path, metavar="RUN", help="a pipeline's --out (data, sft, rm, judge): adds GRPO")
+    parser.add_argument("--only", choices=("all", "grpo"), default="all", help="grpo: only the GRPO comparison")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     started = time.perf_counter()
-    rows = run_peers(args.out, args.shared, args.sft_examples, args.rm_pairs, args.dpo_pairs, args.precision, args.base, args.seed)
+    if args.only == "grpo" and args.grpo_from is None:
+        parser.error("--only grpo needs --grpo-from RUN")
+    rows = [] if args.only == "grpo" else run_peers(args.out, args.shared, args.sft_examples, args.rm_pairs, args.dpo_pairs,
+                                                    args.precision, args.base, args.seed)
+    if args.grpo_from is not None:
+        from grpo_peers import bench_grpo
+
+        rows += bench_grpo(args.out, args.grpo_from, args.precision, args.seed)
     import run_all
 
     run_all.print_rows([run_all.row(*item, baseline="TRL") for item in rows],

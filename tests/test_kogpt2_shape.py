@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from conftest import TINY, make_kogpt2_shaped
 from kochat_eval.stages import StageEvalConfig, compare_stages
+from kochat_train.grpo import GRPOConfig, GRPOTrainer, train_grpo
 from kochat_train.ppo import PPOConfig, PPOTrainer, train_ppo
 from kochat_train.rm import RewardConfig, ScalarRewardModel, train_rm
 from kochat_train.rollout import decoding_config, encode_prompts, generate, response_logits, token_logprobs
@@ -81,6 +82,27 @@ def test_ppo_first_update_is_on_policy_and_eval_stages_runs(kogpt2_stages, sampl
         stages={"sft": kogpt2_stages["sft"], "ppo": ppo.out}, reward_model=kogpt2_stages["rm"], data=sample_data, max_prompts=4,
         decoding={"max_new_tokens": 8}))
     assert [stage["stage"] for stage in report["stages"]] == ["sft", "ppo"] and len(generations) == 8
+
+
+def test_grpo_trains_a_kogpt2_shaped_model_on_policy(kogpt2_stages, sample_data):
+    """pad = eos = </s>: an answer ends at its first </s>, which counts in the loss; the padding after it does not."""
+    root = kogpt2_stages["root"]
+    config = GRPOConfig(data=sample_data, out=root / "grpo", sft=str(kogpt2_stages["sft"]), reward=[f"rm={kogpt2_stages['rm']}", "eos"],
+                        max_steps=2, batch_size=2, group_size=3, max_new_tokens=8, max_length=64, temperature=0.7, eval_every=2,
+                        eval_prompts=4, clip_low=0.0, clip_high=0.0)  # ε = 0: any ratio but exactly 1 counts as clipped
+    set_seed(0)
+    trainer = GRPOTrainer(config)
+    rollout, batch, stats = trainer.rollout(PROMPTS[:2])
+    eos = trainer.tokenizer.eos_token_id
+    assert eos == trainer.tokenizer.pad_token_id
+    for ids, counted in zip(rollout.response_ids, batch["loss_mask"], strict=True):
+        ends = (ids == eos).nonzero()
+        if len(ends):
+            assert counted[: ends[0] + 1].all() and not counted[ends[0] + 1 :].any()
+    assert trainer.update(rollout, batch)["clip_fraction"] == 0.0  # on-policy: the sampling and the update agree
+    grpo = train_grpo(config)
+    assert {"reward/rm", "reward/eos", "eval_median_eojeol"} <= set(grpo.metrics)
+    AutoModelForCausalLM.from_pretrained(grpo.out)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
-from kochat_train.ppo import PPOConfig, PPOTrainer, ppo_steps, prompt_batch, train_ppo
+from kochat_train.online import online_steps, prompt_batch
+from kochat_train.ppo import PPOConfig, PPOTrainer, train_ppo
 from kochat_train.rollout import Rollout, decoding_config, generate, response_logits, token_logprobs
 from kochat_train.runtime import TrainingDiverged
 from kochat_train.sources import load_causal_lm, load_tokenizer
@@ -106,8 +107,8 @@ def test_prompt_batches_cover_every_prompt_once_per_epoch():
 
 
 def test_torchrun_steps_and_the_adaptive_kl_use_the_global_batch(tiny_base, tiny_rm, sample_data, tmp_path):
-    assert ppo_steps(prompts=54, epochs=1.0, global_batch=16) == 4  # one process, batch 16
-    assert ppo_steps(prompts=54, epochs=1.0, global_batch=2 * 16) == 2  # two processes of 16: one epoch is half the steps
+    assert online_steps(prompts=54, epochs=1.0, global_batch=16) == 4  # one process, batch 16
+    assert online_steps(prompts=54, epochs=1.0, global_batch=2 * 16) == 2  # two processes of 16: one epoch is half the steps
     trainer = SimpleNamespace(config=SimpleNamespace(target_kl=1.0, kl_horizon=100), kl_coef=0.1)
     PPOTrainer.adapt_kl(trainer, observed_kl=2.0, rollouts=2 * 16)
     assert trainer.kl_coef == pytest.approx(0.1 * (1 + 0.2 * 32 / 100))

@@ -1,7 +1,6 @@
 """PPO's math against values worked out by hand."""
 
 import math
-import threading
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from kochat_train.objectives import (
     whiten,
 )
 from kochat_train.rollout import response_mask
+from tests.conftest import as_two_ranks
 
 
 def test_gae_by_hand():
@@ -48,23 +48,7 @@ def test_whiten_uses_masked_entries_only():
 def test_whiten_over_two_processes_uses_the_global_batch():
     """Two threads stand in for two ranks; `total` is their all-reduce (a sum through a barrier)."""
     halves = [(torch.tensor([[1.0, 3.0]]), torch.tensor([[1.0, 1.0]])), (torch.tensor([[5.0, 7.0, 9.0]]), torch.tensor([[1.0, 1.0, 0.0]]))]
-    exchange, barrier, results = [None, None], threading.Barrier(2), [None, None]
-
-    def rank(index: int) -> None:
-        def total(tensor: torch.Tensor) -> torch.Tensor:
-            exchange[index] = tensor
-            barrier.wait()
-            summed = exchange[0] + exchange[1]
-            barrier.wait()
-            return summed
-
-        results[index] = whiten(*halves[index], total=total)
-
-    threads = [threading.Thread(target=rank, args=(index,)) for index in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = as_two_ranks(lambda index, total: whiten(*halves[index], total=total))
     # global masked entries 1, 3, 5, 7: mean 4, variance (9 + 1 + 1 + 9) / 4 = 5
     scale = 1 / math.sqrt(5)
     assert results[0][0].tolist() == pytest.approx([-3 * scale, -1 * scale], abs=1e-6)
