@@ -63,8 +63,8 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 # at least 10 steps (20 s each) on the sample.
 ENCODER_RM = {"learning_rate": 1e-4, "warmup_ratio": 0.1, "freeze_embeddings": True, "epochs": 0.2, "min_steps": 10}
 SHARED = {"logging_steps": 50, "save_steps": 1000}
-# Online RL samples at most this many answers per train prompt: on a small dataset (the sample's 54 prompts)
-# 100 steps would answer each prompt 30 times over, which is how the sample's PPO collapsed to one-word answers.
+# Online RL samples at most this many answers per train prompt: on a small dataset (the sample's 50 train
+# prompts) 100 steps of 16 answers would answer each prompt 32 times over, at twice the sample's time budget.
 RL_ANSWERS_PER_PROMPT = 8
 STAGES = ("base", "sft", "rm", "ppo", "grpo", "dpo")
 NEEDS = {"sft": ("base",), "rm": ("sft",), "ppo": ("sft", "rm"), "grpo": ("sft", "rm"), "dpo": ("sft",)}

@@ -49,10 +49,9 @@ class GRPOTrainer:
         runtime.broadcast_parameters([self.actor])
         self.trainable = [p for p in self.actor.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.decoding = decoding_config(self.tokenizer, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                        top_k=config.top_k, top_p=config.top_p)
-        self.group_decoding = decoding_config(self.tokenizer, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                              top_k=config.top_k, top_p=config.top_p, num_return_sequences=config.group_size)
+        sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p}
+        self.decoding = decoding_config(self.tokenizer, **sampling)  # held-out answers: one per prompt
+        self.group_decoding = decoding_config(self.tokenizer, **sampling, num_return_sequences=config.group_size)
         self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config, device))
 
     @torch.no_grad()

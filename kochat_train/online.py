@@ -172,8 +172,10 @@ class _Watch:
     def begin(self, start: int, tracker: Tracker | None) -> None:
         if start == 0:
             self.baseline = self._evaluate(0, tracker)
-        else:  # resumed: the start's evaluation is in metrics.jsonl
-            self.baseline = runtime.gather_objects(_logged_baseline(self.out / runtime.METRICS_FILE))[0]
+        else:  # resumed: the start's evaluation and the alarms so far are in metrics.jsonl
+            self.baseline, logged = runtime.gather_objects(_logged_watch(self.out / runtime.METRICS_FILE))[0]
+            for step, alarms in logged:
+                self._keep(step, alarms, show=False)
 
     def check(self, step: int, tracker: Tracker | None) -> list[str]:
         """The alarms that fire now; each kind's first warning is printed and kept."""
@@ -181,14 +183,17 @@ class _Watch:
         self.scores = scores or self.scores
         alarms = hacking_alarms(self.baseline, scores, thresholds(self.config)) if scores and self.baseline else {}
         alarms = runtime.gather_objects(alarms)[0]  # rank 0 evaluates; every process stops together
+        self._keep(step, alarms, show=True)
+        if alarms and runtime.is_main_process():
+            runtime.append_metrics(self.out / runtime.METRICS_FILE, {"stage": self.stage, "step": step, "alarms": alarms})
+        return list(alarms.values())
+
+    def _keep(self, step: int, alarms: dict[str, str], show: bool) -> None:
         for kind, alarm in alarms.items():
             if kind not in self.fired:
                 self.fired[kind] = f"warning: {self.stage} step {step}: {alarm}"
-                if runtime.is_main_process():
+                if show and runtime.is_main_process():
                     stderr_console.print(self.fired[kind], markup=False)
-        if alarms and runtime.is_main_process():
-            runtime.append_metrics(self.out / runtime.METRICS_FILE, {"stage": self.stage, "step": step, "alarms": list(alarms.values())})
-        return list(alarms.values())
 
     def _evaluate(self, step: int, tracker: Tracker | None) -> dict[str, float]:
         """Rank 0 answers the held-out prompts and logs the scores with the step."""
@@ -201,12 +206,15 @@ class _Watch:
         return scores
 
 
-def _logged_baseline(path: Path) -> dict[str, float]:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
+def _logged_watch(path: Path) -> tuple[dict[str, float], list[tuple[int, dict[str, str]]]]:
+    """The starting model's held-out evaluation and the alarms of each step, as metrics.jsonl has them."""
+    baseline, alarms = {}, []
+    for entry in map(json.loads, path.read_text(encoding="utf-8").splitlines()):
         if entry.get("step") == 0 and "eval_median_eojeol" in entry:
-            return {key: value for key, value in entry.items() if key.startswith("eval_")}
-    return {}
+            baseline = {key: value for key, value in entry.items() if key.startswith("eval_")}
+        if "alarms" in entry:
+            alarms.append((entry["step"], entry["alarms"]))
+    return baseline, alarms
 
 
 def save_state(out: Path, stage: str, state: dict, keep: int) -> None:

@@ -163,7 +163,7 @@ class PPOConfig(OnlineRLConfig):
 
 @dataclass
 class GRPOConfig(OnlineRLConfig):
-    reward: list[str] = option([], "a reward, NAME[=ARG][:WEIGHT], repeatable: rm=DIR (a kochat reward model), length=EOJEOL, "
+    reward: list[str] = option([], "a reward, NAME[=ARG][:WEIGHT]: rm=DIR (a kochat reward model), length=EOJEOL, "
                                "hangul, eos, repetition, overlap, relevance[=ENCODER], or module:function (prompts, responses → "
                                "floats); the total is Σ weight × reward")
     batch_size: int = option(4, "prompts per step per process; each is answered --group-size times")

@@ -133,6 +133,9 @@ def test_a_gamed_reward_raises_the_alarm_and_a_clean_run_does_not(tiny_base, tin
         train_grpo(grpo_config(sample_data, tiny_base, tmp_path / "stopped", reward=["tests.test_grpo:short_answers"], max_steps=20,
                                beta=0.0, stop_on_hacking=True, **watch))
     assert not (tmp_path / "stopped" / "kochat_stage.json").exists()
+    resumed = train_grpo(grpo_config(sample_data, tiny_base, tmp_path / "stopped", reward=["tests.test_grpo:short_answers"], max_steps=20,
+                                     beta=0.0, resume=True, **watch))
+    assert resumed.metrics["alarms"] == gamed.metrics["alarms"]  # the step-10 alarm of the first run is kept
 
 
 def test_rewards_come_from_a_config_file_as_a_list_or_one_string(tmp_path):
