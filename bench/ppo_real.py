@@ -43,7 +43,7 @@ def score_policy(policy_dir: Path, reference_dir: Path, rm_dir: Path, prompts: l
         scores += reward_model(rollout.input_ids, rollout.attention_mask).tolist()
         kls += ((logprobs - ref_logprobs) * mask).sum(1).tolist()
         lengths += mask.sum(1).tolist()
-        eos += rollout.ended_with_eos(tokenizer.eos_token_id).tolist()
+        eos += rollout.ended.tolist()
         if not samples:
             samples = [(p, tokenizer.decode(r[m == 1], skip_special_tokens=True)) for p, r, m in
                        zip(batch[:4], rollout.response_ids, rollout.response_mask)]

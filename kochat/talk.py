@@ -135,7 +135,7 @@ def run_generate(args: argparse.Namespace) -> int:
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start : start + args.batch_size]
         rollout = generate(model, tokenizer, batch, args.max_length, decoding, template=not args.raw)
-        ended = rollout.ended_with_eos(tokenizer.eos_token_id).tolist()
+        ended = rollout.ended.tolist()
         tokens = rollout.response_mask.sum(dim=1).tolist()
         for row, response in enumerate(response_texts(tokenizer, rollout)):
             prompt, sequence = batch[row // copies], row % copies

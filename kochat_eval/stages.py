@@ -159,7 +159,7 @@ def answer_prompts(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         copies = len(rollout.response_ids) // len(batch)
         responses = response_texts(tokenizer, rollout)
         scores = referees.score([prompt for prompt in batch for _ in range(copies)], responses)
-        ended = rollout.ended_with_eos(tokenizer.eos_token_id).tolist()
+        ended = rollout.ended.tolist()
         if reference is not None:  # KL between the distributions the responses were sampled from (tempered alike)
             logprobs = token_logprobs(response_logits(policy, rollout, temperature), rollout.response_ids)
             ref_logprobs = token_logprobs(response_logits(reference, rollout, temperature), rollout.response_ids)

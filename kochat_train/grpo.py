@@ -70,7 +70,7 @@ class GRPOTrainer:
     def assess(self, prompts: list[str], rollout: Rollout) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Rewards, reference log-probs and advantages of a batch of grouped answers."""
         config = self.config
-        ended = rollout.ended_with_eos(self.tokenizer.eos_token_id)
+        ended = rollout.ended
         row_prompts = [prompt for prompt in prompts for _ in range(config.group_size)]
         totals, components = self.reward.score(row_prompts, response_texts(self.tokenizer, rollout), ended.tolist())
         scores = torch.tensor(totals, dtype=torch.float32, device=self.device)

@@ -83,7 +83,7 @@ def evaluate_policy(actor, reference, tokenizer, prompts: list[str], config: Onl
             rollout = generate(actor, tokenizer, batch, config.max_length, decoding)
             mask = rollout.response_mask.float()
             responses = response_texts(tokenizer, rollout)
-            ended = rollout.ended_with_eos(tokenizer.eos_token_id).tolist()
+            ended = rollout.ended.tolist()
             sums = {"eval_proxy_score": sum(proxy(batch, responses, ended)), "eval_response_length": mask.sum().item()}
             if reference is not None:
                 logprobs = token_logprobs(response_logits(actor, rollout, config.temperature), rollout.response_ids)

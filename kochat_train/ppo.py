@@ -91,7 +91,7 @@ class PPOTrainer:
             scores = self.score_fn(rollout.response_ids, rollout.response_mask).float()
         else:
             scores = torch.tensor(self.reward_model.score(prompts, response_texts(self.tokenizer, rollout)), device=self.device)
-        ended = rollout.ended_with_eos(self.tokenizer.eos_token_id)
+        ended = rollout.ended
         penalised = scores - self.config.missing_eos_penalty * (~ended).float()
         rewards = ops.kl_penalised_rewards(penalised, logprobs, ref_logprobs, mask, self.kl_coef)
         advantages, returns = ops.gae(rewards, values * mask, mask, self.config.gamma, self.config.lam)

@@ -16,7 +16,7 @@ from kochat_data.split import judge_prompt_ids
 from kochat_train.objectives import last_token_index, pair_accuracies, pairwise_loss, positions_from_mask
 from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
-from kochat_train.sources import REWARD_HEADS, capped_length, init_reward_model, load_tokenizer, reads_pairs
+from kochat_train.sources import REWARD_HEADS, capped_length, init_reward_model, load_tokenizer, reads_pairs, with_distinct_pad
 from kochat_train.stage_configs import RewardConfig
 from kochat_train.template import EncoderReading, encoder_reading, reward_inputs, write_encoder_reading
 
@@ -148,7 +148,7 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         train_pairs = datasets.concatenate_datasets([train_pairs.select_columns(PAIR_COLUMNS),
                                                      relevance_negatives(train_pairs, config.relevance_negatives, config.seed)])
     set_seed(config.seed)  # before the new score head is initialised
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = with_distinct_pad(load_tokenizer(config.model))
     backbone = init_reward_model(config.model, tokenizer)
     resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
     runtime.maybe_apply_lora(backbone, config, heads=tuple(head for head in REWARD_HEADS if hasattr(backbone, head)))
@@ -170,4 +170,4 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     metrics["train_pairs"] = len(train_pairs)
     if reading is not None and runtime.is_main_process():
         write_encoder_reading(Path(config.out), reading)
-    return runtime.save_stage(backbone, tokenizer, config, "rm", metrics)
+    return runtime.save_stage(backbone, tokenizer, config, "rm", metrics, reads_template=reading is None)

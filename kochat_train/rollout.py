@@ -3,6 +3,8 @@ batched generation with the KV cache under one explicit GenerationConfig, respon
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,7 @@ class Rollout:
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor
+    ended: torch.Tensor | None = None  # (B,) bool: stopped at an end token rather than at the token limit (from generate)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -31,16 +34,19 @@ class Rollout:
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
 
-    def ended_with_eos(self, eos_token_id: int) -> torch.Tensor:
-        """(B,) bool: the response stopped by itself rather than at the token limit."""
-        return ((self.response_ids == eos_token_id) & (self.response_mask == 1)).any(dim=1)
+
+def response_mask(response_ids: torch.Tensor, end_ids: Sequence[int]) -> torch.Tensor:
+    """1 up to and including the first end token (EOS, or another end id such as end-of-turn) of each row, 0 after. (B, R)"""
+    is_end = torch.isin(response_ids, torch.tensor(list(end_ids), device=response_ids.device)).long()
+    ends_before = is_end.cumsum(dim=1) - is_end
+    return (ends_before == 0).long()
 
 
-def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 up to and including the first EOS of each row, 0 after it. (B, R)"""
-    is_eos = (response_ids == eos_token_id).long()
-    eos_before = is_eos.cumsum(dim=1) - is_eos
-    return (eos_before == 0).long()
+def end_ids(decoding: GenerationConfig, model: PreTrainedModel) -> list[int]:
+    """The tokenizer's EOS (the decoding's), then any other end id the model's generation_config names: instruct
+    models list end-of-turn beside EOS (`[2, 3]`), and an answer ends at whichever comes first."""
+    named = [decoding.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
+    return list(dict.fromkeys(i for ids in named if ids is not None for i in ([ids] if isinstance(ids, int) else ids)))
 
 
 # Every setting that changes what generate() produces, at the value that changes nothing, so
@@ -88,12 +94,16 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         if max_length < 1:
             raise UsageError(f"max_new_tokens {decoding.max_new_tokens} leaves no room for a prompt in the model's {positions} positions")
     encoded = encode_prompts(tokenizer, prompts, max_length, template).to(device)
+    ends = end_ids(decoding, model)
+    decoding = copy.deepcopy(decoding)
+    decoding.eos_token_id = ends if len(ends) > 1 else ends[0]
     output = model.generate(**encoded, generation_config=decoding, streamer=streamer)
     response_ids = output[:, encoded["input_ids"].shape[1]:]
-    mask = response_mask(response_ids, tokenizer.eos_token_id)
+    mask = response_mask(response_ids, ends)
+    ended = (torch.isin(response_ids, torch.tensor(ends, device=device)) & (mask == 1)).any(dim=1)
     copies = decoding.num_return_sequences or 1
     prompt_ids, prompt_mask = (encoded[key].repeat_interleave(copies, dim=0) for key in ("input_ids", "attention_mask"))
-    return Rollout(prompt_ids, prompt_mask, response_ids * mask + tokenizer.pad_token_id * (1 - mask), mask)
+    return Rollout(prompt_ids, prompt_mask, response_ids * mask + tokenizer.pad_token_id * (1 - mask), mask, ended)
 
 
 def response_texts(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:

@@ -30,6 +30,7 @@ from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind, require_columns
 from kochat_train.config import TrainConfig
 from kochat_train.lora import apply_lora, merge_lora
+from kochat_train.template import KOCHATGPT_CHAT_TEMPLATE
 from kochat_train.tracking import TrackerCallback, closing_tracker, open_tracker
 
 CONFIG_FILE = "kochat_config.json"
@@ -378,10 +379,13 @@ class StageResult:
 
 def disable_dropout(model: torch.nn.Module) -> None:
     """No dropout: log-probs that are compared across forwards (PPO's ratio, DPO's against the
-    reference) must come from the same function."""
+    reference) must come from the same function. Llama, Qwen2, GPT-NeoX, Phi3 and Gemma2 drop attention
+    probabilities through a float rate their attention function reads (`attention_dropout`), not a module."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def maybe_apply_lora(model: PreTrainedModel, config: TrainConfig, heads: tuple[str, ...] = ()) -> None:
@@ -422,10 +426,14 @@ def _final_eval(trainer: Trainer) -> dict[str, Any]:
     return trainer.evaluate()
 
 
-def save_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TrainConfig, stage: str, metrics: dict[str, Any]) -> StageResult:
-    """Write the plain-transformers model (LoRA merged) and tokenizer, then mark the stage finished (rank 0)."""
+def save_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TrainConfig, stage: str, metrics: dict[str, Any],
+               reads_template: bool = True) -> StageResult:
+    """Write the plain-transformers model (LoRA merged) and tokenizer, then mark the stage finished (rank 0).
+    A model that reads the KoChatGPT template (all but an encoder RM) is saved with it as its chat template."""
     out = Path(config.out)
     merge_lora(model)
+    if reads_template:
+        tokenizer.chat_template = KOCHATGPT_CHAT_TEMPLATE
     if is_main_process():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)

@@ -34,6 +34,7 @@ from kochat_data.errors import UsageError
 KOGPT2_SPECIAL_TOKENS = {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>", "pad_token": "</s>"}
 REWARD_HEAD = "score"  # a decoder's head; encoders name theirs `classifier`
 REWARD_HEADS = (REWARD_HEAD, "classifier")
+PAD_TOKEN = "<pad>"
 
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
@@ -48,6 +49,22 @@ def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
         # so pad = eos cannot hide a real EOS.
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def with_distinct_pad(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A decoder reward model's tokenizer, with a pad token other than its EOS.
+
+    Plain transformers reads a sequence-classification score at the last token whose id is not
+    `config.pad_token_id`; with pad = eos that is the token before the final EOS, where kochat
+    (and training) read the EOS itself. `<pad>` when the vocabulary has it (KoGPT-2 does), else
+    `<pad>` added as a new token (one embedding row more).
+    """
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if PAD_TOKEN in tokenizer.get_vocab():
+            tokenizer.pad_token = PAD_TOKEN
+        else:
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     return tokenizer
 
 
@@ -128,8 +145,11 @@ def _align(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTra
         setattr(model.config, name, token_id)
     if getattr(model, "generation_config", None) is not None:
         # A hub model's generation_config.json (repetition_penalty, no_repeat_ngram_size, …)
-        # must not steer kochat's sampling: only the token ids are kept.
-        model.generation_config = GenerationConfig(**token_ids)
+        # must not steer kochat's sampling: only the token ids are kept, the end ids all of them
+        # (instruct models end a turn with a token of their own beside EOS: `[2, 3]`).
+        named = model.generation_config.eos_token_id
+        ends = list(dict.fromkeys([tokenizer.eos_token_id, *([named] if isinstance(named, int) else named or [])]))
+        model.generation_config = GenerationConfig(**{**token_ids, "eos_token_id": ends if len(ends) > 1 else ends[0]})
     return model
 
 

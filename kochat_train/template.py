@@ -20,6 +20,24 @@ def render_prompt(prompt: str) -> str:
     return PROMPT_TEMPLATE.format(prompt=prompt)
 
 
+# The same prompt as a chat template, saved with every stage's tokenizer (instead of whatever template the base
+# model came with), so `apply_chat_template` in plain transformers gives what the model was trained on: one
+# question as it is, a longer dialogue as `<사람>: …` / `<챗봇>: …` lines (kochat_data's render_dialogue); a
+# closing assistant message is the answer, followed by EOS. System messages are not part of the template.
+KOCHATGPT_CHAT_TEMPLATE = (
+    "{%- set turns = messages | rejectattr('role', 'equalto', 'system') | list -%}"
+    "{%- set answered = turns | length > 1 and turns[-1]['role'] == 'assistant' -%}"
+    "{%- set asked = turns[:-1] if answered else turns -%}"
+    "{{ '### Instruction(명령어):\\n' }}"
+    "{%- if asked | length == 1 -%}{{ asked[0]['content'] }}"
+    "{%- else -%}{%- for message in asked -%}"
+    "{{ '<사람>: ' if message['role'] == 'user' else '<챗봇>: ' }}{{ message['content'] }}{{ '' if loop.last else '\\n' }}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '\\n\\n### Response(응답):' }}"
+    "{%- if answered -%}{{ turns[-1]['content'] + eos_token }}{%- endif -%}"
+)
+
+
 def join_prompt_response(prompt_ids: list[int], response_ids: list[int], max_length: int) -> tuple[list[int], int]:
     """`prompt + response` cut to `max_length`; returns the ids and the index where the response starts.
 

@@ -135,3 +135,24 @@ def test_a_hub_generation_config_does_not_leak_into_sampling(tmp_path):
         set_seed(0)
         responses.append(generate(model, tokenizer, PROMPTS, 64, decoding_config(tokenizer, max_new_tokens=16)).response_ids)
     assert torch.equal(*responses)
+
+
+def test_a_saved_reward_model_scores_the_same_in_plain_transformers_as_in_kochat(kogpt2_stages):
+    """pad = eos = </s> in the policy: the RM is saved with `<pad>` as its pad, so plain transformers reads the
+    reward at the EOS, where kochat reads it, in a padded batch too (with pad = eos it read one token early)."""
+    from transformers import AutoTokenizer
+
+    from kochat_train.rewards import RewardScorer
+    from kochat_train.template import reward_inputs
+
+    rm = kogpt2_stages["rm"]
+    prompts, responses = ["안녕하세요", "오늘 저녁 메뉴로 뭐가 좋을까요? 추천해 주세요"], ["반가워요.", "김치찌개 어때요? 따뜻하고 맛있어요."]
+    ours = RewardScorer(rm, "cpu").score(prompts, responses)
+    tokenizer = AutoTokenizer.from_pretrained(rm)
+    model = AutoModelForSequenceClassification.from_pretrained(rm).eval()
+    assert tokenizer.pad_token == "<pad>" and model.config.pad_token_id != model.config.eos_token_id
+    # the ids kochat scores (template, response, EOS), right-padded as any batch is
+    batch = tokenizer.pad({"input_ids": reward_inputs(tokenizer, prompts, responses, 64)}, return_tensors="pt")
+    with torch.no_grad():
+        plain = model(**batch).logits[:, 0].tolist()
+    assert plain == pytest.approx(ours, abs=1e-5)

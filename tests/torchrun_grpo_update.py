@@ -20,7 +20,7 @@ def main(sft: str, data: str, saved_batch: str, out: str, micro_batch_size: int)
     saved = torch.load(saved_batch, weights_only=False)
     share = len(saved["prompts"]) // world
     rows = slice(rank * share * config.group_size, (rank + 1) * share * config.group_size)
-    part = Rollout(*(getattr(saved["rollout"], key)[rows] for key in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")))
+    part = Rollout(*(getattr(saved["rollout"], key)[rows] for key in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "ended")))
     batch, _ = trainer.assess(saved["prompts"][rank * share : (rank + 1) * share], part)
     trainer.update(part, batch)
     if rank == 0:
