@@ -1,6 +1,7 @@
 """What other model families bring, checked on tiny random models: dropout inside their attention functions, and the
 chat template a saved stage carries."""
 
+import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -66,3 +67,28 @@ def test_every_end_id_of_a_generation_config_ends_an_answer(tiny_base, tmp_path)
         assert cut.response_ids[row][cut.response_mask[row] == 1].tolist() == ids[:stop]
         assert bool(cut.ended[row]) == (turn_end in ids or bool(plain.ended[row]))
     assert (~plain.ended & cut.ended).any()  # some answer ended only at the end-of-turn id
+
+
+def test_a_reward_model_with_an_eos_of_its_own_reads_answers_ended_by_it(tiny_rm, tmp_path):
+    """Rewards are read from text: an RM whose EOS differs from the policy's (same vocabulary) gets each answer
+    re-encoded and ended with its own EOS, the token its reward was trained at."""
+    import shutil
+
+    from kochat_train.rewards import RewardScorer
+    from kochat_train.rm import ScalarRewardModel
+    from kochat_train.sources import load_reward_model, load_tokenizer
+    from kochat_train.template import encode_examples
+
+    other = tmp_path / "rm"
+    shutil.copytree(tiny_rm, other, ignore=shutil.ignore_patterns("checkpoints"))
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.eos_token = tokenizer.unk_token
+    tokenizer.save_pretrained(other)
+    prompts, responses = ["안녕"], ["반가워요."]
+    own = load_tokenizer(other)
+    assert own.eos_token_id != load_tokenizer(tiny_rm).eos_token_id and own.get_vocab() == load_tokenizer(tiny_rm).get_vocab()
+    ids, _ = encode_examples(own, prompts, responses, 64)[0]
+    assert ids[-1] == own.eos_token_id
+    with torch.no_grad():
+        expected = ScalarRewardModel(load_reward_model(other, own).eval())(torch.tensor([ids]), torch.ones(1, len(ids))).item()
+    assert RewardScorer(other, "cpu").score(prompts, responses) == [pytest.approx(expected, abs=1e-6)]
