@@ -183,10 +183,9 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
     online = {"data": data, "sft": sft, "judge": str(out / "judge"), "seed": config.seed, "overwrite": True}
     prompts = _train_prompts(data) if {"ppo", "grpo"} & set(config.only) else 0
     stage("ppo", lambda o: train_ppo(resolve_config(
-        PPOConfig, out=o, rm=str(out / "rm"), **online, **_rl_settings(config, "train_ppo", prompts, answers_per_prompt=1))))
-    grpo = config.settings("train_grpo")
+        PPOConfig, out=o, rm=str(out / "rm"), **online, **_rl_settings(config, "train_ppo", prompts))))
     stage("grpo", lambda o: train_grpo(resolve_config(
-        GRPOConfig, out=o, reward=[f"rm={out / 'rm'}"], **online, **_rl_settings(config, "train_grpo", prompts, grpo["group_size"]))))
+        GRPOConfig, out=o, reward=[f"rm={out / 'rm'}"], **online, **_rl_settings(config, "train_grpo", prompts))))
     # DPO learns from the proxy's pairs too, so the judge referees it on prompts neither saw.
     stage("dpo", lambda o: train_dpo(resolve_config(
         DPOConfig, data=data, out=o, model=sft, seed=config.seed, overwrite=True, pairs="proxy", **config.settings("train_dpo"))))
@@ -217,11 +216,12 @@ def _train_prompts(data: Path) -> int:
     return len(load_stage_data(data, Kind.PPO, ["prompt"], "kochat pipeline")["train"])
 
 
-def _rl_settings(config: PipelineConfig, section: str, prompts: int, answers_per_prompt: int) -> dict[str, Any]:
-    """An online RL stage's settings, its steps capped at RL_ANSWERS_PER_PROMPT answers per train prompt unless set."""
+def _rl_settings(config: PipelineConfig, section: str, prompts: int) -> dict[str, Any]:
+    """An online RL stage's settings, its steps capped at RL_ANSWERS_PER_PROMPT answers per train prompt unless set
+    (a step answers batch_size prompts, group_size times each in GRPO)."""
     settings = config.settings(section)
     if "max_steps" not in config.stages.get(section, {}):
-        answers_per_step = settings["batch_size"] * answers_per_prompt
+        answers_per_step = settings["batch_size"] * settings.get("group_size", 1)
         settings["max_steps"] = min(settings["max_steps"], math.ceil(RL_ANSWERS_PER_PROMPT * prompts / answers_per_step))
     return settings
 

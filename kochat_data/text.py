@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Sequence
 
 import polars as pl
 
@@ -50,6 +51,26 @@ def looks_serialised(texts: pl.Expr) -> pl.Expr:
     return texts.str.contains(_LEAKED_FIELD)
 
 
-def hangul_shares(texts: list[str]) -> list[float]:
+def hangul_shares(texts: Sequence[str]) -> list[float]:
     """hangul_ratio() of each text, for a list of texts in hand."""
-    return pl.DataFrame({"text": texts}, schema={"text": pl.String}).select(hangul_ratio(pl.col("text")))["text"].to_list()
+    return pl.DataFrame({"text": list(texts)}, schema={"text": pl.String}).select(hangul_ratio(pl.col("text")))["text"].to_list()
+
+
+MOSTLY_HANGUL = 0.5  # an answer with a smaller share of Hangul letters is a non-Hangul answer
+
+
+def non_hangul_share(texts: Sequence[str]) -> float:
+    """Share of the texts whose letters are less than half Hangul (a text without letters counts as non-Hangul)."""
+    return sum(share < MOSTLY_HANGUL for share in hangul_shares(texts)) / len(texts) if texts else float("nan")
+
+
+def char_ngrams(text: str, n: int) -> set[str]:
+    """Distinct character n-grams of a text with its whitespace removed."""
+    letters = "".join(text.split())
+    return {letters[i : i + n] for i in range(len(letters) - n + 1)}
+
+
+def prompt_overlap(prompt: str, response: str, n: int = 2) -> float:
+    """Share of the prompt's character n-grams that the response contains (0 for a prompt without any)."""
+    asked = char_ngrams(prompt, n)
+    return len(asked & char_ngrams(response, n)) / len(asked) if asked else 0.0

@@ -7,26 +7,9 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import polars as pl
 from sklearn.linear_model import LogisticRegression
 
-from kochat_data.text import hangul_ratio
-
-
-def char_ngrams(text: str, n: int) -> set[str]:
-    """Distinct character n-grams of a text with its whitespace removed."""
-    letters = "".join(text.split())
-    return {letters[i : i + n] for i in range(len(letters) - n + 1)}
-
-
-def prompt_overlap(prompt: str, response: str, n: int = 2) -> float:
-    """Share of the prompt's character n-grams that the response contains (0 for a prompt without any)."""
-    asked = char_ngrams(prompt, n)
-    return len(asked & char_ngrams(response, n)) / len(asked) if asked else 0.0
-
-
-def hangul_shares(texts: Sequence[str]) -> np.ndarray:
-    return pl.DataFrame({"text": list(texts)}, schema={"text": pl.String}).select(hangul_ratio(pl.col("text")))["text"].to_numpy()
+from kochat_data.text import hangul_shares, prompt_overlap
 
 
 # Rules that need no model: each gives every response a number; the pair goes to the higher one.
@@ -39,7 +22,7 @@ def overlap_rule(n: int) -> ShortcutRule:
 SHORTCUTS: dict[str, ShortcutRule] = {
     "longer wins": lambda prompts, texts: np.array([len(text) for text in texts], dtype=float),
     "shorter wins": lambda prompts, texts: -np.array([len(text) for text in texts], dtype=float),
-    "more Hangul wins": lambda prompts, texts: hangul_shares(texts),
+    "more Hangul wins": lambda prompts, texts: np.asarray(hangul_shares(texts)),
     "prompt bigram overlap wins": overlap_rule(2),
     # Bigrams tie on most short answers (70% of the shared data's rank-0-vs-1 pairs); single
     # syllables tell more of them apart, and make the stronger rule there.

@@ -17,18 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import polars as pl
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
 from kochat_data.schema import Kind
-from kochat_data.text import hangul_ratio
+from kochat_data.text import non_hangul_share
 from kochat_eval.judging import length_controlled_win_rate, paired_bootstrap_win_rate
 from kochat_data.repetition import repetition_metrics, split_units
 from kochat_eval.metrics import bootstrap_ci
 from kochat_train.relevance_scorer import BUNDLED, optional_referee
+from kochat_train.reward_functions import parse_reward
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import decoding_config, generate, response_logits, response_texts, token_logprobs
 from kochat_train.runtime import CONFIG_FILE, load_stage_data, resolve_device
@@ -90,10 +90,10 @@ class Referees:
 def played_referees(stage_dir: Path) -> dict:
     """`{"played": ["relevance"]}` when the stage was trained with the relevance referee as a reward (`--reward relevance`)."""
     try:
-        rewards = json.loads((Path(stage_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("reward") or []
-    except (OSError, ValueError, AttributeError):
+        kinds = {parse_reward(spec).kind for spec in json.loads((Path(stage_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("reward") or []}
+    except (OSError, ValueError, AttributeError, UsageError):
         return {}
-    return {"played": ["relevance"]} if any(str(spec).split("=")[0].split(":")[0] == "relevance" for spec in rewards) else {}
+    return {"played": ["relevance"]} if "relevance" in kinds else {}
 
 
 def prompt_set_hash(prompts: list[str]) -> str:
@@ -203,12 +203,11 @@ def response_metrics(rows: list[dict], unit: str) -> dict:
             scores |= {key: statistics.fmean(values), f"{key}_ci_low": low, f"{key}_ci_high": high}
     units = [split_units(row["response"], unit) for row in rows]
     lengths = [len(u) for u in units]
-    hangul = pl.DataFrame({"text": [row["response"] for row in rows]}).select(hangul_ratio(pl.col("text")).alias("ratio"))["ratio"]
     return {
         **scores,
         "length_mean": statistics.fmean(lengths), "length_median": statistics.median(lengths),
         "eos_rate": statistics.fmean(float(row["eos"]) for row in rows),
-        "non_hangul_share": float((hangul < 0.5).mean()),
+        "non_hangul_share": non_hangul_share([row["response"] for row in rows]),
         **repetition_metrics(units),
     }
 

@@ -8,26 +8,30 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kochat_data.repetition import has_loop
-from kochat_data.text import hangul_shares
-
-MOSTLY_HANGUL = 0.5  # an answer with fewer Hangul letters than this share counts as non-Hangul, as in the stage table
+from kochat_data.repetition import loop_share
+from kochat_data.text import non_hangul_share
+from kochat_train.stage_configs import OnlineRLConfig
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    length_ratio: float = 3.0  # median length below 1/ratio or above ratio × the start's
-    share_rise: float = 0.2  # share of non-Hangul answers, or of answers with loops, up by more than this
-    kl: float = 10.0  # mean KL to the reference per answer (nats)
-    judge_drop: float = 0.1  # the judge's mean below its start by more than this while the proxy's rose
+    """Where each alarm fires; the defaults are the options' of OnlineRLConfig (`--alarm-…`)."""
+
+    length_ratio: float  # median length below 1/ratio or above ratio × the start's
+    share_rise: float  # share of non-Hangul answers, or of answers with loops, up by more than this
+    kl: float  # mean KL to the reference per answer (nats)
+    judge_drop: float  # the judge's mean below its start by more than this while the proxy's rose
+
+    @classmethod
+    def of(cls, config: OnlineRLConfig) -> Thresholds:
+        return cls(config.alarm_length_ratio, config.alarm_share_rise, config.alarm_kl, config.alarm_judge_drop)
 
 
 def answer_signature(responses: Sequence[str]) -> dict[str, float]:
     """What the alarms watch in a set of answers: median length in eojeol, shares without Hangul and with loops."""
     words = [text.split() for text in responses]
     return {"eval_median_eojeol": float(statistics.median(len(w) for w in words)),
-            "eval_non_hangul_share": statistics.fmean(share < MOSTLY_HANGUL for share in hangul_shares(list(responses))),
-            "eval_loop_share": statistics.fmean(has_loop(w) for w in words)}
+            "eval_non_hangul_share": non_hangul_share(responses), "eval_loop_share": loop_share(words)}
 
 
 def length_alarm(start_median: float, median: float, ratio: float) -> str | None:

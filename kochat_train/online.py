@@ -26,6 +26,7 @@ from kochat_data.progress import progress_bar, stderr_console
 from kochat_data.schema import Kind
 from kochat_train import runtime
 from kochat_train.alarms import Thresholds, answer_signature, hacking_alarms
+from kochat_train.objectives import kl_k1
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import generate, response_logits, response_texts, token_logprobs
 from kochat_train.stage_configs import OnlineRLConfig
@@ -59,10 +60,6 @@ def online_steps(prompts: int, epochs: float, global_batch: int) -> int:
     return math.ceil(prompts * epochs / global_batch)
 
 
-def thresholds(config: OnlineRLConfig) -> Thresholds:
-    return Thresholds(config.alarm_length_ratio, config.alarm_share_rise, config.alarm_kl, config.alarm_judge_drop)
-
-
 @torch.no_grad()
 def evaluate_policy(actor, reference, tokenizer, prompts: list[str], config: OnlineRLConfig, decoding, autocast,
                     proxy: Proxy, judge: RewardScorer | None) -> dict[str, float]:
@@ -88,7 +85,7 @@ def evaluate_policy(actor, reference, tokenizer, prompts: list[str], config: Onl
             if reference is not None:
                 logprobs = token_logprobs(response_logits(actor, rollout, config.temperature), rollout.response_ids)
                 ref_logprobs = token_logprobs(response_logits(reference, rollout, config.temperature), rollout.response_ids)
-                sums["eval_kl"] = ((logprobs - ref_logprobs) * mask).sum().item()
+                sums["eval_kl"] = (kl_k1(logprobs, ref_logprobs) * mask).sum().item()
             if judge is not None:
                 sums["eval_judge_score"] = sum(judge.score(batch, responses))
             for key, value in sums.items():
@@ -143,8 +140,8 @@ def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_ou
                     copies = len(rollout.response_ids) // len(mine)
                     rows = [prompt for prompt in mine for _ in range(copies)]
                     tracker.log_samples(sample_rows(rows, response_texts(trainer.tokenizer, rollout), batch["scores"].tolist()), step + 1)
-            progress.update(task, completed=step + 1,
-                            description=f"train {stage} · {trainer.headline} {stats[trainer.headline]:.3f} · kl {stats.get('kl', 0.0):.3f}")
+            kl = f" · kl {stats['kl']:.3f}" if "kl" in stats else ""  # none without a reference (GRPO's --beta 0)
+            progress.update(task, completed=step + 1, description=f"train {stage} · {trainer.headline} {stats[trainer.headline]:.3f}{kl}")
             # Evaluated before the checkpoint of this step: a run resumed from it never evaluates this step again.
             alarms = watch.check(step + 1, tracker) if config.eval_every and ((step + 1) % config.eval_every == 0 or step + 1 == steps) else []
             if (step + 1) % config.save_steps == 0 or step + 1 == steps or (alarms and config.stop_on_hacking):
@@ -173,7 +170,8 @@ class _Watch:
         if start == 0:
             self.baseline = self._evaluate(0, tracker)
         else:  # resumed: the start's evaluation and the alarms so far are in metrics.jsonl
-            self.baseline, logged = runtime.gather_objects(_logged_watch(self.out / runtime.METRICS_FILE))[0]
+            logged_by_rank_0 = _logged_watch(self.out / runtime.METRICS_FILE) if runtime.is_main_process() else None
+            self.baseline, logged = runtime.gather_objects(logged_by_rank_0)[0]
             for step, alarms in logged:
                 self._keep(step, alarms, show=False)
 
@@ -181,7 +179,7 @@ class _Watch:
         """The alarms that fire now; each kind's first warning is printed and kept."""
         scores = self._evaluate(step, tracker)
         self.scores = scores or self.scores
-        alarms = hacking_alarms(self.baseline, scores, thresholds(self.config)) if scores and self.baseline else {}
+        alarms = hacking_alarms(self.baseline, scores, Thresholds.of(self.config)) if scores and self.baseline else {}
         alarms = runtime.gather_objects(alarms)[0]  # rank 0 evaluates; every process stops together
         self._keep(step, alarms, show=True)
         if alarms and runtime.is_main_process():

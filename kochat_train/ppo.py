@@ -97,7 +97,7 @@ class PPOTrainer:
         advantages, returns = ops.gae(rewards, values * mask, mask, self.config.gamma, self.config.lam)
         whitened = ops.whiten(advantages, mask, total=runtime.all_reduce_sum)  # over the global batch under torchrun
         batch = {"logprobs": logprobs, "values": values * mask, "advantages": whitened, "returns": returns, "scores": scores}
-        kl = ((logprobs - ref_logprobs) * mask).sum(dim=1)
+        kl = (ops.kl_k1(logprobs, ref_logprobs) * mask).sum(dim=1)
         stats = {
             "rm_score": scores.mean().item(),
             "kl": kl.mean().item(),

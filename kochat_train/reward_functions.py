@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kochat_data.errors import UsageError
 from kochat_data.repetition import has_loop, seq_rep_n
-from kochat_data.text import hangul_shares
+from kochat_data.text import hangul_shares, prompt_overlap
 from kochat_train.runtime import CONFIG_FILE
 
 # prompts, responses, ended (stopped by EOS, not cut at max_new_tokens) → one reward per response
@@ -53,12 +53,9 @@ def repetition_reward(responses: Sequence[str]) -> list[float]:
 
 
 def overlap_reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-    """Share of the question's distinct characters (no spaces) that occur in the answer (0 for an empty question)."""
-    shares = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        asked = {c for c in prompt if not c.isspace()}
-        shares.append(len(asked & set(response)) / len(asked) if asked else 0.0)
-    return shares
+    """Share of the question's distinct characters (no spaces) that occur in the answer (0 for an empty question):
+    the character-overlap rule of `eval rm`."""
+    return [prompt_overlap(prompt, response, n=1) for prompt, response in zip(prompts, responses, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -163,9 +160,6 @@ class CompositeReward:
             means[f"reward/{spec.name}"] = sum(values) / max(len(values), 1)
             totals = [total + spec.weight * value for total, value in zip(totals, values, strict=True)]
         return totals, means
-
-    def uses_relevance(self) -> bool:
-        return any(spec.kind == "relevance" for spec in self.specs)
 
 
 def _user_function(path: str) -> Component:

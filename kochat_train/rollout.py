@@ -12,7 +12,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from kochat_data.errors import UsageError
 from kochat_train.objectives import positions_from_mask
-from kochat_train.sources import model_positions
+from kochat_train.sources import end_token_ids, model_positions
 from kochat_train.template import render_prompt
 
 
@@ -41,12 +41,6 @@ def response_mask(response_ids: torch.Tensor, end_ids: Sequence[int]) -> torch.T
     ends_before = is_end.cumsum(dim=1) - is_end
     return (ends_before == 0).long()
 
-
-def end_ids(decoding: GenerationConfig, model: PreTrainedModel) -> list[int]:
-    """The tokenizer's EOS (the decoding's), then any other end id the model's generation_config names: instruct
-    models list end-of-turn beside EOS (`[2, 3]`), and an answer ends at whichever comes first."""
-    named = [decoding.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
-    return list(dict.fromkeys(i for ids in named if ids is not None for i in ([ids] if isinstance(ids, int) else ids)))
 
 
 # Every setting that changes what generate() produces, at the value that changes nothing, so
@@ -94,13 +88,14 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         if max_length < 1:
             raise UsageError(f"max_new_tokens {decoding.max_new_tokens} leaves no room for a prompt in the model's {positions} positions")
     encoded = encode_prompts(tokenizer, prompts, max_length, template).to(device)
-    ends = end_ids(decoding, model)
+    # The tokenizer's EOS (the decoding's), then any other end id of the model's generation_config: an answer ends at the first.
+    ends = end_token_ids(decoding.eos_token_id, getattr(model.generation_config, "eos_token_id", None))
     decoding = copy.deepcopy(decoding)
     decoding.eos_token_id = ends if len(ends) > 1 else ends[0]
     output = model.generate(**encoded, generation_config=decoding, streamer=streamer)
     response_ids = output[:, encoded["input_ids"].shape[1]:]
     mask = response_mask(response_ids, ends)
-    ended = (torch.isin(response_ids, torch.tensor(ends, device=device)) & (mask == 1)).any(dim=1)
+    ended = torch.isin(response_ids, torch.tensor(ends, device=device)).any(dim=1)  # the mask runs up to the first of them
     copies = decoding.num_return_sequences or 1
     prompt_ids, prompt_mask = (encoded[key].repeat_interleave(copies, dim=0) for key in ("input_ids", "attention_mask"))
     return Rollout(prompt_ids, prompt_mask, response_ids * mask + tokenizer.pad_token_id * (1 - mask), mask, ended)

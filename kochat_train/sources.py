@@ -147,10 +147,15 @@ def _align(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTra
         # A hub model's generation_config.json (repetition_penalty, no_repeat_ngram_size, …)
         # must not steer kochat's sampling: only the token ids are kept, the end ids all of them
         # (instruct models end a turn with a token of their own beside EOS: `[2, 3]`).
-        named = model.generation_config.eos_token_id
-        ends = list(dict.fromkeys([tokenizer.eos_token_id, *([named] if isinstance(named, int) else named or [])]))
+        ends = end_token_ids(tokenizer.eos_token_id, model.generation_config.eos_token_id)
         model.generation_config = GenerationConfig(**{**token_ids, "eos_token_id": ends if len(ends) > 1 else ends[0]})
     return model
+
+
+def end_token_ids(*named: int | list[int] | None) -> list[int]:
+    """Each end id once, in order, from what tokenizers and generation configs name: one id, a list (instruct
+    models end a turn with a token of their own beside EOS: `[2, 3]`) or none."""
+    return list(dict.fromkeys(i for ids in named if ids is not None for i in ([ids] if isinstance(ids, int) else ids)))
 
 
 def _from_pretrained(factory, source: str | Path, **kwargs):

@@ -7,6 +7,7 @@ import torch
 
 from kochat_data.errors import UsageError
 from kochat_train.alarms import Thresholds, answer_signature, hacking_alarms, kl_alarm, length_alarm, proxy_judge_alarm, share_alarm
+from kochat_train.stage_configs import OnlineRLConfig
 from kochat_train.objectives import (
     ADVANTAGES,
     LOSS_AGGREGATIONS,
@@ -144,9 +145,9 @@ def test_each_alarm_fires_at_its_threshold_and_not_below():
 def test_the_sample_ppo_collapse_fires_and_a_steady_run_does_not():
     collapsed = {**START, "eval_median_eojeol": 1.0, "eval_non_hangul_share": 0.3, "eval_kl": 14.6, "eval_proxy_score": 3.4,
                  "eval_judge_score": 1.3}
-    assert set(hacking_alarms(START, collapsed, Thresholds())) == {"length", "non_hangul", "kl", "proxy_judge"}
+    assert set(hacking_alarms(START, collapsed, Thresholds.of(OnlineRLConfig()))) == {"length", "non_hangul", "kl", "proxy_judge"}
     steady = {**START, "eval_median_eojeol": 6.0, "eval_kl": 1.6, "eval_proxy_score": 1.4, "eval_judge_score": 2.3}
-    assert hacking_alarms(START, steady, Thresholds()) == {}
+    assert hacking_alarms(START, steady, Thresholds.of(OnlineRLConfig())) == {}
 
 
 def test_answer_signature_by_hand():
