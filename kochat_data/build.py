@@ -45,6 +45,8 @@ class BuildConfig:
     """`fail`: any invalid record stops the build; `skip`: rejects go to rejects.jsonl."""
     overwrite: bool = False
     """Replace a non-empty `out`."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """kochat's field ← the source's column, for every input that has those columns (`--columns`)."""
 
     def problems(self) -> list[str]:
         """Every invalid field, reported together."""
@@ -82,7 +84,7 @@ def build(config: BuildConfig) -> dict:
     if problems:
         raise UsageError("\n".join(problems))
     check_writable(config.out, config.overwrite)
-    files = _validate_inputs(config.inputs())
+    files = _validate_inputs(config.inputs(), config.columns)
     if config.on_invalid == "fail":
         raise_for_problems(files, "build refused: nothing written; --on-invalid skip builds from the valid records and lists "
                                   "the others in rejects.jsonl")
@@ -106,13 +108,13 @@ def build(config: BuildConfig) -> dict:
     return manifest
 
 
-def _validate_inputs(inputs: list[tuple[Kind, Path]]) -> list[ValidatedFile]:
+def _validate_inputs(inputs: list[tuple[Kind, Path]], columns: dict[str, str]) -> list[ValidatedFile]:
     with progress_bar() as progress:
         task = progress.add_task("validating", total=len(inputs))
         files = []
         for kind, path in inputs:
             progress.update(task, description=f"validating {path.name}")
-            files.append(validate_file(path, kind, columnar=True))
+            files.append(validate_file(path, kind, columnar=True, columns=columns))
             progress.advance(task)
     return files
 
@@ -127,7 +129,7 @@ def _unique_rows(kind: Kind, files: list[ValidatedFile]) -> KindRows:
         if validated.kind is kind:
             validated.frame, validated.records = None, []  # the concatenated frame holds them now
     prompts = folded(frame.get_column("prompt"))
-    key = {"prompt": prompts}
+    key = {"prompt": prompts, "prompt_messages": frame.get_column("prompt_messages")}
     if kind is Kind.SFT:
         key["completion"] = folded(frame.get_column("completion"))
     elif kind is Kind.RM:
@@ -158,7 +160,7 @@ def _split_tables(kind: Kind, rows: KindRows, eval_ids: list[str], seed: int) ->
     counts: dict = {}
     if kind is Kind.RM:
         records = frame.with_row_index("record")
-        pairs, ties = expand_pairs(records, carry=("prompt", "prompt_id", "extra"))
+        pairs, ties = expand_pairs(records, carry=("prompt", "prompt_id", "extra", "prompt_messages"))
         possible = records.select((pl.col("completions").list.len() * (pl.col("completions").list.len() - 1) // 2).sum()).item()
         paired = pairs.get_column("record").unique()
         counts = {"possible": possible, "ties": ties, "written": pairs.height,

@@ -15,6 +15,7 @@ from kochat_data.build import ON_INVALID, BuildConfig, build
 from kochat_data.errors import EXIT_INVALID, EXIT_OK
 from kochat_data.schema import Kind
 from kochat_data.stats import collect_stats, render_stats
+from kochat_data.tables import parse_columns
 from kochat_data.validate import validate_file
 
 console = make_console()
@@ -25,10 +26,12 @@ def register(data: argparse.ArgumentParser) -> None:
     commands = data.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate", help="check files against the KoChatGPT formats")
-    validate.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="JSON array or JSON Lines files")
+    validate.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                          help="JSON array, JSON Lines, Parquet or CSV files, save_to_disk directories or hub names")
     validate.add_argument("--kind", choices=["auto", *[k.value for k in Kind]], default="auto",
                           help="the format to check against; auto tells it from the first record")
     validate.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_columns_argument(validate)
     validate.set_defaults(run=run_validate)
 
     build_parser = commands.add_parser("build", help="write train/eval Arrow datasets and a manifest")
@@ -49,7 +52,14 @@ def register(data: argparse.ArgumentParser) -> None:
     stats.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="raw files or `kochat data build` directories")
     stats.add_argument("--tokenizer", help="tokenizer name or directory, for token lengths")
     stats.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_columns_argument(stats)
     stats.set_defaults(run=run_stats)
+
+
+def _add_columns_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--columns", type=parse_columns, default={}, metavar="FIELD=COLUMN,…",
+                        help="read the source's columns as kochat's fields, e.g. prompt=Q,completion=A "
+                             "(applies to every input that has those columns)")
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +69,12 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-invalid", choices=ON_INVALID, default="fail",
                         help="fail: refuse the build if any record is invalid; skip: keep the valid ones and list the rest in rejects.jsonl")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _add_columns_argument(parser)
 
 
 def run_validate(args: argparse.Namespace) -> int:
     kind = None if args.kind == "auto" else Kind(args.kind)
-    results = [validate_file(path, kind) for path in args.paths]
+    results = [validate_file(path, kind, columns=args.columns) for path in args.paths]
     for result in results:
         for problem in result.problems:
             print(problem, file=sys.stderr)
@@ -84,7 +95,7 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()
     config = BuildConfig(out=args.out, sft=args.sft, rm=args.rm, ppo=args.ppo, seed=args.seed,
-                         eval_ratio=args.eval_ratio, on_invalid=args.on_invalid, overwrite=args.overwrite)
+                         eval_ratio=args.eval_ratio, on_invalid=args.on_invalid, overwrite=args.overwrite, columns=args.columns)
     manifest = build(config)
     table = Table(title=f"{args.out} (seed {manifest['seed']}, eval ratio {manifest['eval_ratio']})")
     for column in ("kind", "records", "kept", "rejected", "duplicates", "train rows", "eval rows"):
@@ -102,7 +113,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    report = collect_stats(args.paths, tokenizer=args.tokenizer)
+    report = collect_stats(args.paths, tokenizer=args.tokenizer, columns=args.columns)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:

@@ -55,7 +55,7 @@ def expected_columns(kind: Kind, names: list[str]) -> list[str] | None:
 def read_clean_frame(raw: bytes, file_format: FileFormat, kind: Kind) -> pl.DataFrame | None:
     """The normalised rows of a file with no invalid record (as `validate_file` would keep them), else None.
 
-    Columns: `prompt`, then `completion` (SFT) or `completions` + `ranking` (RM), and `extra`.
+    Columns: `prompt`, then `completion` (SFT) or `completions` + `ranking` (RM), `extra` and `prompt_messages`.
     """
     if file_format not in (FileFormat.JSON_ARRAY, FileFormat.JSON_LINES):
         return None
@@ -81,7 +81,7 @@ def read_clean_frame(raw: bytes, file_format: FileFormat, kind: Kind) -> pl.Data
     frame = frame.with_columns(_apply_where(frame.get_column(name), _NFC_STABLE, normalize, negate=True) for name in texts)
     if kind is Kind.RM:
         frame = frame.select("prompt", completions=pl.concat_list(texts[1:]), ranking="ranking")
-    return frame.select(*frame.columns, extra=pl.lit("{}"))
+    return frame.select(*frame.columns, extra=pl.lit("{}"), prompt_messages=pl.lit(""))
 
 
 def _read_json(raw: bytes, reader=pl.read_json) -> pl.DataFrame:

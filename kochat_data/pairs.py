@@ -12,7 +12,8 @@ def _position_pairs(counts: list[int]) -> pl.DataFrame:
 
 
 def expand_pairs(records: pl.DataFrame, carry: tuple[str, ...] = ()) -> tuple[pl.DataFrame, int]:
-    """Every unordered pair of a record's completions with different ranks, and the tie count.
+    """Every unordered pair of a record's completions with different ranks, and the tie count; a record
+    without a ranking (a preference pair: completion 0 preferred) gives its one pair, with null ranks.
 
     `records` has one row per RM record: `record` (a unique id), `completions` (list of str),
     `ranking` (list of int, lower is better) and the `carry` columns. The result has one row
@@ -21,6 +22,11 @@ def expand_pairs(records: pl.DataFrame, carry: tuple[str, ...] = ()) -> tuple[pl
     none and are counted. Joining on k with the position pairs builds exactly those
     candidates (a self-join on the record would build k² rows of texts first).
     """
+    unranked = records.filter(pl.col("ranking").is_null()).select(
+        "record", *carry, chosen=pl.col("completions").list.get(0), rejected=pl.col("completions").list.get(1),
+        chosen_rank=pl.lit(None, pl.Int32), rejected_rank=pl.lit(None, pl.Int32),
+    )
+    records = records.filter(pl.col("ranking").is_not_null())
     counted = records.select("record", *carry, "completions", "ranking", k=pl.col("completions").list.len())
     counts = counted.get_column("k").unique().sort().to_list()
     candidates = counted.join(_position_pairs(counts), on="k").sort("record", "first", "second").with_columns(
@@ -39,4 +45,6 @@ def expand_pairs(records: pl.DataFrame, carry: tuple[str, ...] = ()) -> tuple[pl
         chosen_rank=pl.min_horizontal("first_rank", "second_rank").cast(pl.Int32),
         rejected_rank=pl.max_horizontal("first_rank", "second_rank").cast(pl.Int32),
     )
+    if unranked.height:
+        pairs = pl.concat([pairs, unranked]).sort("record", maintain_order=True)
     return pairs, ties

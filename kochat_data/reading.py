@@ -33,6 +33,10 @@ class FileFormat(str, Enum):
     JSON_ARRAY = "json-array"
     JSON_LINES = "jsonl"
     CONVERSATION = "conversation"
+    CSV = "csv"
+    PARQUET = "parquet"
+    ARROW = "save_to_disk"
+    HUB = "hub"
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def detect_format(path: Path, text: str) -> FileFormat:
     if "," in first_line or "\t" in first_line:
         raise UsageError(
             f"{path}: looks like CSV/TSV (first line {first_line[:60]!r}), not JSON; "
-            "expected a JSON array or JSON Lines of records"
+            "expected a JSON array or JSON Lines of records (a CSV file is read as one when named .csv or .tsv)"
         )
     raise UsageError(f"{path}: not JSON (starts with {head[:40]!r}); expected a JSON array or JSON Lines")
 

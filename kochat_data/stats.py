@@ -24,15 +24,16 @@ LENGTH_SUMMARY = ("min", *QUANTILES, "max")
 TEXT_COLUMNS = {Kind.SFT: ["prompt", "completion"], Kind.RM: ["prompt", "chosen", "rejected"], Kind.PPO: ["prompt"]}
 
 
-def collect_stats(paths: list[Path], tokenizer: str | None = None) -> dict:
-    """The report for each path (a data file or a built directory) and the prompt overlap across kinds."""
+def collect_stats(paths: list[Path], tokenizer: str | None = None, columns: dict[str, str] | None = None) -> dict:
+    """The report for each path (a data source, or a built directory: one with a manifest.json) and the prompt
+    overlap across kinds; `columns` as for `validate_file`."""
     tokenize = _load_tokenizer(tokenizer) if tokenizer else None
     sources, prompts_by_kind = [], {}
     for path in map(Path, paths):
-        if path.is_dir():
+        if (path / "manifest.json").is_file():
             sources.append(_built_report(path, tokenize))
             continue
-        report, frame = _file_report(path, tokenize)
+        report, frame = _file_report(path, tokenize, columns)
         sources.append(report)
         prompts_by_kind.setdefault(report["kind"], set()).update(frame.get_column("prompt_id").to_list())
     return {"sources": sources, "prompt_overlap": _overlap(prompts_by_kind)}
@@ -48,10 +49,10 @@ def _load_tokenizer(name: str):
     return lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _file_report(path: Path, tokenize) -> tuple[dict, pl.DataFrame]:
-    validated = validate_file(path)
+def _file_report(path: Path, tokenize, columns: dict[str, str] | None) -> tuple[dict, pl.DataFrame]:
+    validated = validate_file(path, columns=columns)
     kind = validated.kind
-    frame = validated.rows().drop("extra") if validated.records else pl.DataFrame({"prompt": []}, schema={"prompt": pl.String})
+    frame = validated.rows().drop("extra", "prompt_messages") if validated.records else pl.DataFrame({"prompt": []}, schema={"prompt": pl.String})
     frame = frame.with_columns(prompt_id=pl.col("prompt").map_elements(prompt_id, return_dtype=pl.String))
     value_columns = [c for c in frame.columns if c != "prompt_id"]
     report = {
@@ -66,6 +67,8 @@ def _file_report(path: Path, tokenize) -> tuple[dict, pl.DataFrame]:
     if kind is Kind.RM and frame.height:
         texts["completion"] = frame.get_column("completions").explode()
         report["rm"] = _ranking_report(frame)
+    if validated.records:
+        report["conversations"] = sum(record["prompt_messages"] is not None for record in validated.records)
     report["texts"] = {name: _text_report(series, tokenize) for name, series in texts.items()}
     return report, frame
 
@@ -89,9 +92,12 @@ def _folded(column: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def _ranking_report(frame: pl.DataFrame) -> dict:
-    """Where the best completion sits (position bias), ties and the pairs the records give."""
+    """Where the best completion sits (position bias), ties and the pairs the records give. Preference pairs
+    without ranks are counted apart: their chosen answer comes first by construction, which says nothing."""
     records = frame.with_row_index("record")
     pairs, ties = expand_pairs(records)
+    unranked = records.get_column("ranking").is_null().sum()
+    records = records.filter(pl.col("ranking").is_not_null())
     best = records.select(
         k=pl.col("ranking").list.len(), best_position=pl.col("ranking").list.arg_min()
     )
@@ -102,7 +108,7 @@ def _ranking_report(frame: pl.DataFrame) -> dict:
     by_k = {}
     for row in bias.iter_rows(named=True):
         by_k.setdefault(str(row["k"]), {})[f"completion_{row['best_position']}"] = round(row["share"], 4)
-    return {"best_position_share": by_k, "ties": ties, "pairs": pairs.height,
+    return {"best_position_share": by_k, "ties": ties, "pairs": pairs.height, "pairs_without_ranks": int(unranked),
             "completions_per_record": best.get_column("k").value_counts().sort("k").rows()}
 
 
@@ -172,13 +178,18 @@ def render_stats(report: dict, console: Console) -> None:
             console.rule(f"{source['path']} — {source['kind']} ({source['format']})")
             dup = source["duplicates"]
             console.print(f"records {source['records']} · rejects {source['rejects']} · "
-                          f"duplicates {dup['exact']} exact, {dup['folded']} after folding")
+                          f"duplicates {dup['exact']} exact, {dup['folded']} after folding"
+                          + (f" · conversation prompts {source['conversations']}" if source.get("conversations") else ""))
             for line in source["reject_examples"]:
                 console.print(f"  [red]{line}[/]", markup=True, highlight=False)
             _render_texts(source["texts"], console)
             if "rm" in source:
                 rm = source["rm"]
-                console.print(f"pairs {rm['pairs']} · tied pairs {rm['ties']} · completions per record {rm['completions_per_record']}")
+                ranked = f" · tied pairs {rm['ties']} · completions per record {rm['completions_per_record']}"
+                console.print(f"pairs {rm['pairs']}" + (ranked if rm["completions_per_record"] else ""))
+                if rm["pairs_without_ranks"]:
+                    console.print(f"preference pairs without ranks {rm['pairs_without_ranks']} (chosen ≻ rejected only: "
+                                  "no rank-pair table, no position bias)")
                 for k, shares in rm["best_position_share"].items():
                     console.print(f"best answer position (k={k}): " + ", ".join(f"{p} {s:.1%}" for p, s in shares.items()))
         else:

@@ -15,8 +15,9 @@ import pyarrow as pa
 
 from kochat_data.columnar import read_clean_frame
 from kochat_data.errors import InvalidDataError, Problem, UsageError
-from kochat_data.reading import FileFormat, SourceRecord, detect_format, read_bytes, read_records
-from kochat_data.schema import Kind, check_record, detect_kind
+from kochat_data.reading import FileFormat, SourceRecord, detect_format, read_bytes
+from kochat_data.tables import read_source, table_format
+from kochat_data.schema import Kind, check_record, conversation_records, detect_kind
 
 _KIND_DETECTION_WINDOW = 100
 
@@ -38,14 +39,18 @@ class ValidatedFile:
     """The valid records as columns (see `rows`), set directly by the columnar path."""
 
     def rows(self) -> pl.DataFrame:
-        """The valid records as columns: prompt, completion or completions + ranking, and extra as JSON."""
+        """The valid records as columns: prompt, completion or completions + ranking (null for a pair without
+        ranks), extra as JSON and prompt_messages (JSON, or "" for a lone question)."""
         if self.frame is None:
             names = {Kind.SFT: ["prompt", "completion"], Kind.RM: ["prompt", "completions", "ranking"], Kind.PPO: ["prompt"]}[self.kind]
             columns = {name: [record[name] for record in self.records] for name in names}
             columns["extra"] = [json.dumps(record["extra"], ensure_ascii=False, sort_keys=True) for record in self.records]
+            columns["prompt_messages"] = [json.dumps(messages, ensure_ascii=False) if (messages := record["prompt_messages"]) else ""
+                                          for record in self.records]
             # pyarrow converts the Python lists in C++; pl.DataFrame(dict of lists) peaks at ~3×
             # the size of the data on the nested `completions` column.
-            self.frame = pl.from_arrow(pa.table(columns))
+            types = {"completions": pa.list_(pa.string()), "ranking": pa.list_(pa.int64())}  # a file of unranked pairs has only nulls
+            self.frame = pl.from_arrow(pa.table({name: pa.array(values, types.get(name)) for name, values in columns.items()}))
         return self.frame
 
     def summary(self) -> str:
@@ -55,18 +60,19 @@ class ValidatedFile:
         return f"{self.path}: {len(self.rejects)} of {self.total} {self.kind.value} records invalid ({common})"
 
 
-def validate_file(path: Path, kind: Kind | None = None, columnar: bool = False) -> ValidatedFile:
-    """Read and check every record; `kind=None` detects it from the fields.
+def validate_file(path: Path, kind: Kind | None = None, columnar: bool = False, columns: dict[str, str] | None = None) -> ValidatedFile:
+    """Read and check every record; `kind=None` detects it from the fields; `columns` renames the
+    source's columns to kochat's fields (`tables.parse_columns`).
 
-    `columnar` tries the whole-file path first (`kochat_data.columnar`): for a clean file it
-    fills `frame` instead of `records`, many times faster; any other file is read record by
+    `columnar` tries the whole-file path first (`kochat_data.columnar`): for a clean JSON file it
+    fills `frame` instead of `records`, many times faster; any other source is read record by
     record as without it.
     """
-    if columnar and kind is not None:
+    if columnar and kind is not None and not columns and table_format(path) is None:
         validated = _validate_columnar(path, kind)
         if validated is not None:
             return validated
-    file_format, sha256, records = read_records(path)
+    file_format, sha256, records = read_source(path, columns)
     if file_format is FileFormat.CONVERSATION:
         if kind not in (None, Kind.SFT):
             raise UsageError(f"{path}: a KoChatGPT conversation file is SFT data, not {kind.value}")
@@ -75,6 +81,8 @@ def validate_file(path: Path, kind: Kind | None = None, columnar: bool = False) 
         kind, records = _detect_file_kind(path, records)
     result = ValidatedFile(path, kind, file_format, sha256)
     display = str(path)
+    if kind is Kind.SFT:
+        records = (record for source in records for record in conversation_records(source))
     for source in records:
         result.total += 1
         if source.error:
@@ -120,8 +128,9 @@ def _detect_file_kind(path: Path, records):
         found = f"fields {', '.join(fields[:8])}" if fields else "no readable record" if broken else "no JSON objects"
         raise InvalidDataError(
             broken + [Problem(str(path), None, None, None,
-                              f"cannot tell the kind: expected prompt + completion (SFT), prompt + completion_0… + "
-                              f"ranking (RM) or prompt (PPO), got {found}; pass --kind to say")]
+                              f"cannot tell the kind: expected prompt + completion or messages (SFT), prompt + "
+                              f"completion_0… + ranking or chosen + rejected (RM) or prompt (PPO), got {found}; pass --kind "
+                              f"to say, or --columns FIELD=COLUMN,… to name the fields")]
         )
     return kinds.most_common(1)[0][0], itertools.chain(head, records)
 

@@ -19,7 +19,7 @@ from kochat_train.runtime import (
     GuardedTrainer, StageResult, fit, load_stage_data, prepare_output, require_build_directory, save_stage, training_arguments,
 )
 from kochat_train.stage_configs import BaseConfig
-from kochat_train.template import IGNORE_INDEX, PROMPT_TEMPLATE, encode_examples, render_prompt
+from kochat_train.template import IGNORE_INDEX, KOCHATGPT_CHAT_TEMPLATE, PROMPT_TEMPLATE, encode_examples, render_prompt
 
 # pad is its own token so padding never looks like an end of text.
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -51,7 +51,7 @@ class Corpus:
         if Kind.RM in data:
             pairs = data[Kind.RM][split]
             dialogues.update(dict.fromkeys((prompt, answer) for prompt, answer, rank in
-                                           zip(pairs["prompt"], pairs["chosen"], pairs["chosen_rank"], strict=True) if rank == 0))
+                                           zip(pairs["prompt"], pairs["chosen"], pairs["chosen_rank"], strict=True) if rank in (0, None)))
         answered = {prompt for prompt, _ in dialogues}
         texts = dict.fromkeys(prompt for prompt in (data[Kind.PPO][split]["prompt"] if Kind.PPO in data else []) if prompt not in answered)
         return cls([(prompt, answer) for prompt, answer in dialogues if prompt and answer], list(texts))
@@ -103,7 +103,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    trained = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    trained.chat_template = KOCHATGPT_CHAT_TEMPLATE  # the corpus's dialogues are written in it
+    return trained
 
 
 def pack_blocks(documents: list[tuple[list[int], list[int]]], block_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ SAMPLING = ("group_by_length", "random", "sequential")
 TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+TEMPLATES = ("kochatgpt", "chat", "raw")
 
 Config = TypeVar("Config", bound="TrainConfig")
 
@@ -81,6 +82,13 @@ class TrainConfig:
                            "random, or sequential (file order: the same global batches for any number of processes)")
     report_to: str = option("none", "experiment tracker beside metrics.jsonl: none, tensorboard (in --out/tensorboard) or wandb "
                             "(project from WANDB_PROJECT); each is an optional extra: pip install 'kochat[tensorboard]'")
+    template: str | None = option(None, "prompt format: kochatgpt (### Instruction(명령어): … ### Response(응답):), chat (the "
+                                  "tokenizer's own chat template) or raw (the prompt as it is); default: the one the model was "
+                                  "trained with, else kochatgpt. Recorded, and inherited by every later stage and command")
+    force_template: bool = option(False, "use --template although the model was trained with another")
+    system_prompt: str | None = option(None, "with --template chat: a system message before every prompt that has none (kept in the "
+                                       "saved chat template)")
+    trust_remote_code: bool = option(False, "run the Python code a model ships with (its directory or the hub); read it first")
     resume: bool = option(False, "continue from the last checkpoint in --out")
     overwrite: bool = option(False, "replace a non-empty --out")
 
@@ -118,6 +126,10 @@ class TrainConfig:
         elif TRACKERS[self.report_to] and importlib.util.find_spec(TRACKERS[self.report_to]) is None:
             found.append(f"'report_to' {self.report_to}: the {TRACKERS[self.report_to]} package is not installed "
                          f"(pip install 'kochat[{self.report_to}]')")
+        if self.template is not None and self.template not in TEMPLATES:
+            found.append(f"'template' must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
+        if self.system_prompt is not None and self.template not in (None, "chat"):
+            found.append(f"'system_prompt' needs --template chat (the {self.template} template shows no system message)")
         if self.resume and self.overwrite:
             found.append("'resume' and 'overwrite' contradict each other")
         return found

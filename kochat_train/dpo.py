@@ -19,11 +19,11 @@ from transformers import DataCollatorForSeq2Seq, EvalPrediction, PreTrainedModel
 
 from kochat_data.schema import Kind
 from kochat_train import runtime
-from kochat_train.objectives import dpo_loss, pair_accuracies, sequence_logprobs
+from kochat_train.objectives import dpo_loss, pair_accuracies, rank_pairs, sequence_logprobs
 from kochat_train.rm import PAIR_COLUMNS, select_pairs
 from kochat_train.runtime import GuardedTrainer, StageResult
 from kochat_train.sft import sft_labels
-from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
+from kochat_train.sources import capped_length, load_causal_lm
 from kochat_train.stage_configs import DPOConfig
 from kochat_train.template import IGNORE_INDEX, encode_examples
 
@@ -31,9 +31,10 @@ from kochat_train.template import IGNORE_INDEX, encode_examples
 def tokenize_preferences(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
     """Per pair: ids and SFT-style labels (−100 on the prompt) of chosen and rejected, and their ranks."""
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        rows: dict[str, list] = {"ranks": [list(pair) for pair in zip(batch["chosen_rank"], batch["rejected_rank"], strict=True)]}
+        rows: dict[str, list] = {"ranks": rank_pairs(batch["chosen_rank"], batch["rejected_rank"])}
+        prompts = runtime.dataset_prompts(batch)
         for side in ("chosen", "rejected"):
-            examples = encode_examples(tokenizer, batch["prompt"], batch[side], max_length)
+            examples = encode_examples(tokenizer, prompts, batch[side], max_length)
             rows[f"{side}_ids"] = [ids for ids, _ in examples]
             rows[f"{side}_labels"] = [sft_labels(ids, start) for ids, start in examples]
         rows["length"] = [max(len(c), len(r)) for c, r in zip(rows["chosen_ids"], rows["rejected_ids"], strict=True)]  # length grouping
@@ -138,7 +139,7 @@ def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     data["train"] = select_pairs(data["train"], config.pairs, config.judge_share)
     train_pairs = runtime.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on")
     set_seed(config.seed)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = runtime.stage_tokenizer(config, config.model)
     policy = load_causal_lm(config.model, tokenizer)
     reference = load_causal_lm(config.model, tokenizer).requires_grad_(False).eval()
     runtime.disable_dropout(policy)  # at step 0 the implicit rewards are exactly 0

@@ -20,7 +20,7 @@ from kochat_train import online, runtime
 from kochat_train.reward_functions import CompositeReward
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, response_texts, token_logprobs
-from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
+from kochat_train.sources import inference_dtype, load_causal_lm
 from kochat_train.stage_configs import GRPOConfig, RLOOConfig
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "RLOOConfig", "train_grpo", "train_rloo"]
@@ -35,7 +35,7 @@ class GRPOTrainer:
         self.config = config
         device = runtime.resolve_device(config.device)
         self.device = torch.device(device)
-        self.tokenizer = load_tokenizer(config.sft)
+        self.tokenizer = runtime.stage_tokenizer(config, config.sft)
         self.actor = load_causal_lm(config.sft, self.tokenizer)
         self.reference = (load_causal_lm(config.sft, self.tokenizer, dtype=inference_dtype(device)).requires_grad_(False).eval()
                           if config.beta > 0 else None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +32,19 @@ def pairwise_accuracy(margins: np.ndarray, tie: float = 0.0) -> float:
     return float(np.mean(margins > 0) + tie * np.mean(margins == 0)) if len(margins) else float("nan")
 
 
+UNRANKED = -1  # the rank of either answer of a preference pair that came without ranks
+
+
+def rank_pairs(chosen_ranks: Sequence[int | None], rejected_ranks: Sequence[int | None]) -> list[list[int]]:
+    """(chosen rank, rejected rank) per pair, UNRANKED where the data has none (null)."""
+    return [[UNRANKED if c is None else c, UNRANKED if r is None else r] for c, r in zip(chosen_ranks, rejected_ranks, strict=True)]
+
+
 def pair_accuracies(margins: np.ndarray, ranks: np.ndarray, tie: float = 0.0) -> dict[str, float]:
-    """Accuracy overall and per (chosen rank, rejected rank) as `accuracy_{c}v{r}`; ranks is (N, 2)."""
+    """Accuracy overall and per (chosen rank, rejected rank) as `accuracy_{c}v{r}`; ranks is (N, 2). Pairs
+    without ranks count overall only: a rank-pair table for them would invent ranks."""
     metrics = {"accuracy": pairwise_accuracy(margins, tie)}
-    for chosen_rank, rejected_rank in sorted({tuple(pair) for pair in ranks.tolist()}):
+    for chosen_rank, rejected_rank in sorted({tuple(pair) for pair in ranks.tolist() if UNRANKED not in pair}):
         selected = (ranks[:, 0] == chosen_rank) & (ranks[:, 1] == rejected_rank)
         metrics[f"accuracy_{chosen_rank}v{rejected_rank}"] = pairwise_accuracy(margins[selected], tie)
     return metrics

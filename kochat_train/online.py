@@ -30,6 +30,7 @@ from kochat_train.objectives import kl_k1
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import generate, response_logits, response_texts, token_logprobs
 from kochat_train.stage_configs import OnlineRLConfig
+from kochat_train.template import Prompt
 from kochat_train.tracking import Tracker, closing_tracker, open_tracker, sample_rows
 
 RANK_SEED_STRIDE = 1_000_003  # keeps the sampling seeds of different processes apart
@@ -245,13 +246,13 @@ def _kept(out: Path, stage: str) -> str:
     return f"last good checkpoint: {last.parent} (continue with --resume)" if last else "no checkpoint was saved yet"
 
 
-def stage_inputs(config: OnlineRLConfig, stage: str) -> tuple[list[str], list[str], Path | None]:
+def stage_inputs(config: OnlineRLConfig, stage: str) -> tuple[list[Prompt], list[Prompt], Path | None]:
     """The train prompts, the held-out ones (--eval-every) and the checkpoint to resume from; --out is checked,
     torchrun's group joined and the seed set, and nothing is written yet (the models load next)."""
     data = runtime.load_stage_data(config.data, Kind.PPO, ["prompt"], f"kochat train {stage}")
-    prompts = list(runtime.require_rows(data, "train", config.data, Kind.PPO, "nothing to train on")["prompt"])
-    held_out = list(runtime.require_rows(data, "eval", config.data, Kind.PPO, "--eval-every needs held-out prompts")["prompt"]
-                    if config.eval_every else [])[: config.eval_prompts]
+    prompts = runtime.dataset_prompts(runtime.require_rows(data, "train", config.data, Kind.PPO, "nothing to train on"))
+    held_out = (runtime.dataset_prompts(runtime.require_rows(data, "eval", config.data, Kind.PPO, "--eval-every needs held-out prompts"))
+                if config.eval_every else [])[: config.eval_prompts]
     resume_from = last_state(Path(config.out), stage) if config.resume else None
     if config.resume and resume_from is None:
         raise UsageError(f"{config.out}: nothing to resume (no {state_file(stage)} under {Path(config.out) / runtime.CHECKPOINTS})")

@@ -19,7 +19,7 @@ from kochat_train.lora import merge_lora
 from kochat_train.rm import ScalarRewardModel
 from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, response_texts, token_logprobs
 from kochat_train.rewards import RewardScorer
-from kochat_train.sources import inference_dtype, init_reward_model, load_causal_lm, load_reward_model, load_tokenizer
+from kochat_train.sources import inference_dtype, init_reward_model, load_causal_lm, load_reward_model
 from kochat_train.stage_configs import PPOConfig
 
 # A custom reward (tests, experiments): response ids and mask (B, R) → one score per row (B,).
@@ -36,7 +36,7 @@ class PPOTrainer:
         self.config = config
         device = runtime.resolve_device(config.device)
         self.device = torch.device(device)
-        self.tokenizer = load_tokenizer(config.sft)
+        self.tokenizer = runtime.stage_tokenizer(config, config.sft)
         self.actor = load_causal_lm(config.sft, self.tokenizer)
         self.reference = load_causal_lm(config.sft, self.tokenizer, dtype=inference_dtype(device)).requires_grad_(False)
         # Rewards are read from text (`RewardScorer`), so the RM and the judge may have tokenizers of their own.

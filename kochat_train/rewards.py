@@ -18,7 +18,7 @@ from kochat_data.errors import UsageError
 from kochat_train.rm import ScalarRewardModel
 from kochat_train.runtime import CONFIG_FILE, resolve_device
 from kochat_train.sources import capped_length, inference_dtype, load_reward_model, load_tokenizer
-from kochat_train.template import encoder_reading, reward_inputs
+from kochat_train.template import Prompt, encoder_reading, reward_inputs
 
 DEFAULT_MAX_LENGTH = 256  # for a reward model that does not say what it was trained with
 
@@ -46,7 +46,7 @@ class RewardScorer:
         self.pad = DataCollatorWithPadding(self.tokenizer)
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> list[float]:
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str], batch_size: int = 32) -> list[float]:
         if batch_size < 1:
             raise UsageError(f"--batch-size: expected an integer ≥ 1, got {batch_size}")
         examples = reward_inputs(self.tokenizer, list(prompts), list(responses), self.max_length, self.reading)

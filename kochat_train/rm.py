@@ -12,11 +12,12 @@ from torch import nn
 from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from kochat_data.schema import Kind
+from kochat_data.schema import PROMPT_MESSAGES
 from kochat_data.split import judge_prompt_ids
-from kochat_train.objectives import last_token_index, pair_accuracies, pairwise_loss, positions_from_mask
+from kochat_train.objectives import last_token_index, pair_accuracies, pairwise_loss, positions_from_mask, rank_pairs
 from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
-from kochat_train.sources import REWARD_HEADS, capped_length, init_reward_model, load_tokenizer, reads_pairs, with_distinct_pad
+from kochat_train.sources import REWARD_HEADS, capped_length, init_reward_model, reads_pairs, with_distinct_pad
 from kochat_train.stage_configs import RewardConfig
 from kochat_train.template import EncoderReading, encoder_reading, reward_inputs, write_encoder_reading
 
@@ -40,18 +41,21 @@ def relevance_negatives(pairs: datasets.Dataset, per_prompt: int, seed: int) -> 
     Round r pairs prompt i with the answer of prompt (i + shift_r) mod n, shifts drawn without
     replacement from 1 … n−1, so no prompt meets its own answer or the same other answer twice.
     """
-    best: dict[str, str] = {}
-    for prompt, chosen, rank in zip(pairs["prompt"], pairs["chosen"], pairs["chosen_rank"], strict=True):
-        if rank == 0:
-            best.setdefault(prompt, chosen)
-    prompts, answers = list(best), list(best.values())
-    rounds = min(per_prompt, len(prompts) - 1)
-    shifts = np.random.default_rng(seed).choice(np.arange(1, len(prompts)), size=rounds, replace=False) if rounds > 0 else []
-    rows = [(prompts[i], answers[i], answers[(i + int(shift)) % len(prompts)]) for shift in shifts for i in range(len(prompts))]
+    best: dict[tuple[str, str], str] = {}  # (prompt, its conversation) → its best answer
+    conversations = pairs[PROMPT_MESSAGES] if PROMPT_MESSAGES in pairs.column_names else [""] * len(pairs)
+    for question, chosen, rank in zip(zip(pairs["prompt"], conversations, strict=True), pairs["chosen"], pairs["chosen_rank"], strict=True):
+        if rank in (0, None):  # rank 0, or the preferred answer of a pair without ranks
+            best.setdefault(question, chosen)
+    questions, answers = list(best), list(best.values())
+    rounds = min(per_prompt, len(questions) - 1)
+    shifts = np.random.default_rng(seed).choice(np.arange(1, len(questions)), size=rounds, replace=False) if rounds > 0 else []
+    rows = [(questions[i], answers[i], answers[(i + int(shift)) % len(questions)]) for shift in shifts for i in range(len(questions))]
     rows = [row for row in rows if row[1] != row[2]]  # two prompts with the same answer make no pair
-    return datasets.Dataset.from_dict({"prompt": [r[0] for r in rows], "chosen": [r[1] for r in rows], "rejected": [r[2] for r in rows],
-                                       "chosen_rank": [0] * len(rows), "rejected_rank": [1] * len(rows)},
-                                      features=pairs.select_columns(PAIR_COLUMNS).features)
+    return datasets.Dataset.from_dict({"prompt": [r[0][0] for r in rows], "chosen": [r[1] for r in rows], "rejected": [r[2] for r in rows],
+                                       "chosen_rank": [0] * len(rows), "rejected_rank": [1] * len(rows),
+                                       PROMPT_MESSAGES: [r[0][1] for r in rows]},
+                                      features=datasets.Features({**pairs.select_columns(PAIR_COLUMNS).features,
+                                                                  PROMPT_MESSAGES: datasets.Value("string")}))
 
 
 class ScalarRewardModel(nn.Module):
@@ -90,12 +94,13 @@ def tokenize_pairs(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
                    reading: EncoderReading | None = None) -> datasets.Dataset:
     """Chosen and rejected as the reward model reads them (`reward_inputs`; `reading` for an encoder)."""
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        chosen = reward_inputs(tokenizer, batch["prompt"], batch["chosen"], max_length, reading)
-        rejected = reward_inputs(tokenizer, batch["prompt"], batch["rejected"], max_length, reading)
+        prompts = runtime.dataset_prompts(batch)
+        chosen = reward_inputs(tokenizer, prompts, batch["chosen"], max_length, reading)
+        rejected = reward_inputs(tokenizer, prompts, batch["rejected"], max_length, reading)
         return {
             "input_ids_chosen": chosen,
             "input_ids_rejected": rejected,
-            "ranks": [list(pair) for pair in zip(batch["chosen_rank"], batch["rejected_rank"], strict=True)],
+            "ranks": rank_pairs(batch["chosen_rank"], batch["rejected_rank"]),
             "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)],
         }
 
@@ -145,10 +150,10 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     train_pairs = runtime.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on (records with all ranks tied give none"
                                        + ("" if config.pairs == "all" else f"; or none in the {config.pairs} share") + ")")
     if config.relevance_negatives:
-        train_pairs = datasets.concatenate_datasets([train_pairs.select_columns(PAIR_COLUMNS),
+        train_pairs = datasets.concatenate_datasets([train_pairs.select_columns(PAIR_COLUMNS + [PROMPT_MESSAGES]),
                                                      relevance_negatives(train_pairs, config.relevance_negatives, config.seed)])
     set_seed(config.seed)  # before the new score head is initialised
-    tokenizer = with_distinct_pad(load_tokenizer(config.model))
+    tokenizer = with_distinct_pad(runtime.stage_tokenizer(config, config.model))
     backbone = init_reward_model(config.model, tokenizer)
     resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
     runtime.maybe_apply_lora(backbone, config, heads=tuple(head for head in REWARD_HEADS if hasattr(backbone, head)))

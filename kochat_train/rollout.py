@@ -13,7 +13,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from kochat_data.errors import UsageError
 from kochat_train.objectives import positions_from_mask
 from kochat_train.sources import end_token_ids, model_positions
-from kochat_train.template import render_prompt
+from kochat_train.template import Prompt, adds_special_tokens, prompt_text, render_prompts
 
 
 @dataclass
@@ -61,19 +61,21 @@ def decoding_config(tokenizer: PreTrainedTokenizerBase, **settings) -> Generatio
                                "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id})
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int, template: bool = True) -> dict[str, torch.Tensor]:
-    """Prompts (templated unless `template` is False), left-padded so every row's last prompt token
-    sits at the same column, and left-truncated: what is cut is the oldest text."""
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], max_length: int, template: bool = True) -> dict[str, torch.Tensor]:
+    """Prompts in the tokenizer's template (texts as they are when `template` is False), tokenised as training
+    tokenises them (`encode_examples`), left-padded so every row's last prompt token sits at the same column,
+    and left-truncated: what is cut is the oldest text."""
+    texts = render_prompts(tokenizer, prompts) if template else [prompt_text(p) for p in prompts]
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     try:
-        return tokenizer([render_prompt(p) if template else p for p in prompts], add_special_tokens=False, padding=True,
+        return tokenizer(texts, add_special_tokens=adds_special_tokens(tokenizer), padding=True,
                          truncation=True, max_length=max_length, return_tensors="pt")
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = "right", "right"
 
 
 @torch.no_grad()
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_length: int,
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], max_length: int,
              decoding: GenerationConfig, template: bool = True, streamer=None) -> Rollout:
     """`decoding.num_return_sequences` responses per prompt under `decoding` (see `decoding_config`),
     rows grouped by prompt; `streamer` (batch of one) receives tokens as they come.

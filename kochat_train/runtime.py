@@ -27,13 +27,13 @@ from transformers.trainer import TRAINER_STATE_NAME
 from kochat_data.atomic import check_writable
 from kochat_data.errors import KochatError, UsageError
 from kochat_data.progress import progress_bar
-from kochat_data.schema import Kind, require_columns
+from kochat_data.schema import PROMPT_MESSAGES, Kind, require_columns
 from kochat_train.config import TrainConfig
 from kochat_train.lora import apply_lora, merge_lora
-from kochat_train.template import KOCHATGPT_CHAT_TEMPLATE
+from kochat_train.sources import load_tokenizer, trust_remote_code
+from kochat_train.template import CONFIG_FILE, Prompt, prompts_of, template_of
 from kochat_train.tracking import TrackerCallback, closing_tracker, open_tracker
 
-CONFIG_FILE = "kochat_config.json"
 METRICS_FILE = "metrics.jsonl"
 STAGE_FILE = "kochat_stage.json"
 CHECKPOINTS = "checkpoints"
@@ -185,7 +185,8 @@ def require_build_directory(data: Path) -> None:
 
 
 def load_stage_data(data: Path, kind: Kind, columns: list[str], where: str) -> datasets.DatasetDict:
-    """The train/eval DatasetDict of one kind from a build directory, with the columns a stage reads."""
+    """The train/eval DatasetDict of one kind from a build directory, with the columns a stage reads and
+    `prompt_messages` (see `dataset_prompts`)."""
     require_build_directory(data)
     path = Path(data) / kind.value
     if not path.is_dir() and (Path(data) / "dataset_dict.json").is_file():
@@ -199,7 +200,15 @@ def load_stage_data(data: Path, kind: Kind, columns: list[str], where: str) -> d
     if not isinstance(dataset, datasets.DatasetDict) or set(dataset) != {"train", "eval"}:
         raise UsageError(f"{path}: expected the train and eval splits of `kochat data build`, found {', '.join(dataset) if isinstance(dataset, datasets.DatasetDict) else 'one dataset'}")
     require_columns(dataset, kind, columns, where)
+    if PROMPT_MESSAGES not in dataset["train"].column_names:  # built before conversations were kept: every prompt is a text
+        dataset = datasets.DatasetDict({split: rows.add_column(PROMPT_MESSAGES, [""] * len(rows)) for split, rows in dataset.items()})
     return dataset
+
+
+def dataset_prompts(rows: datasets.Dataset | dict[str, list]) -> list[Prompt]:
+    """The prompts of a stage dataset's rows (or of a batch of them): conversations where kept, else texts."""
+    columns = rows.column_names if isinstance(rows, datasets.Dataset) else rows.keys()
+    return prompts_of(rows["prompt"], rows[PROMPT_MESSAGES] if PROMPT_MESSAGES in columns else None)
 
 
 def require_rows(dataset: datasets.DatasetDict, split: str, data: Path, kind: Kind, what: str) -> datasets.Dataset:
@@ -377,6 +386,15 @@ class StageResult:
     metrics: dict[str, Any]
 
 
+def stage_tokenizer(config: TrainConfig, source: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model a stage starts from, in the template the stage asks for or inherits; the
+    template's name goes into the config, so kochat_config.json records it for every later stage and command."""
+    trust_remote_code(config.trust_remote_code)  # the first load of every stage: all later ones follow it
+    tokenizer = load_tokenizer(source, config.template, config.force_template, config.system_prompt)
+    config.template = template_of(tokenizer)
+    return tokenizer
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """No dropout: log-probs that are compared across forwards (PPO's ratio, DPO's against the
     reference) must come from the same function. Llama, Qwen2, GPT-NeoX, Phi3 and Gemma2 drop attention
@@ -429,11 +447,12 @@ def _final_eval(trainer: Trainer) -> dict[str, Any]:
 def save_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TrainConfig, stage: str, metrics: dict[str, Any],
                reads_template: bool = True) -> StageResult:
     """Write the plain-transformers model (LoRA merged) and tokenizer, then mark the stage finished (rank 0).
-    A model that reads the KoChatGPT template (all but an encoder RM) is saved with it as its chat template."""
+    The tokenizer keeps the chat template the stage trained with (`stage_tokenizer`); an encoder RM, which reads
+    text pairs (`reads_template` False), is saved without one."""
     out = Path(config.out)
     merge_lora(model)
-    if reads_template:
-        tokenizer.chat_template = KOCHATGPT_CHAT_TEMPLATE
+    if not reads_template:
+        tokenizer.chat_template = None
     if is_main_process():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)

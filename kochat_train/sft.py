@@ -10,7 +10,7 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, Traine
 from kochat_data.schema import Kind
 from kochat_train import runtime
 from kochat_train.runtime import GuardedTrainer, StageResult
-from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
+from kochat_train.sources import capped_length, load_causal_lm
 from kochat_train.stage_configs import SFTConfig
 from kochat_train.template import IGNORE_INDEX, encode_examples
 
@@ -22,7 +22,7 @@ def sft_labels(input_ids: list[int], response_start: int) -> list[int]:
 
 def tokenize_sft(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        examples = encode_examples(tokenizer, batch["prompt"], batch["completion"], max_length)
+        examples = encode_examples(tokenizer, runtime.dataset_prompts(batch), batch["completion"], max_length)
         return {
             "input_ids": [ids for ids, _ in examples],
             "attention_mask": [[1] * len(ids) for ids, _ in examples],
@@ -36,7 +36,7 @@ def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     data = runtime.load_stage_data(config.data, Kind.SFT, ["prompt", "completion"], "kochat train sft")
     train_rows = runtime.require_rows(data, "train", config.data, Kind.SFT, "nothing to train on")
     set_seed(config.seed)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = runtime.stage_tokenizer(config, config.model)
     model = load_causal_lm(config.model, tokenizer)
     resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
     runtime.maybe_apply_lora(model, config)

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from kochat_data.errors import UsageError
+from kochat_train.template import use_template
 
 # skt/kogpt2-base-v2 ships a GPT-2 tokenizer whose class defaults name `<|endoftext|>` as
 # bos/eos/unk, a token its vocabulary lacks; the seed notebook therefore passed `</s>` for all
@@ -35,10 +36,19 @@ KOGPT2_SPECIAL_TOKENS = {"bos_token": "</s>", "eos_token": "</s>", "unk_token": 
 REWARD_HEAD = "score"  # a decoder's head; encoders name theirs `classifier`
 REWARD_HEADS = (REWARD_HEAD, "classifier")
 PAD_TOKEN = "<pad>"
+_REMOTE_CODE = {"trusted": False}
 
 
-def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
-    """The tokenizer of `source` with an eos in its vocabulary and a pad token (eos if it has none)."""
+def trust_remote_code(trusted: bool) -> None:
+    """Let every later load run a model's own Python code from its directory or the hub (`--trust-remote-code`).
+    Off, such a model is refused in one line; transformers is never left to ask y/N on the terminal."""
+    _REMOTE_CODE["trusted"] = trusted
+
+
+def load_tokenizer(source: str | Path, template: str | None = None, force_template: bool = False,
+                   system_prompt: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of `source` with an eos in its vocabulary, a pad token (eos if it has none) and the chat
+    template of the prompt format it reads (`template.use_template`: the one asked for, else its own)."""
     tokenizer = _from_pretrained(AutoTokenizer, source)
     if _eos_is_foreign(tokenizer):
         tokenizer = _from_pretrained(AutoTokenizer, source, **KOGPT2_SPECIAL_TOKENS)
@@ -49,6 +59,7 @@ def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
         # so pad = eos cannot hide a real EOS.
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    use_template(tokenizer, source, template, force_template, system_prompt)
     return tokenizer
 
 
@@ -160,11 +171,14 @@ def end_token_ids(*named: int | list[int] | None) -> list[int]:
 
 def _from_pretrained(factory, source: str | Path, **kwargs):
     where, local_only = locate(source)
+    trusted = _REMOTE_CODE["trusted"]
     try:
-        return factory.from_pretrained(where, local_files_only=local_only, **kwargs)
+        return factory.from_pretrained(where, local_files_only=local_only, trust_remote_code=trusted, **kwargs)
     except Exception as err:  # noqa: BLE001 — whatever from_pretrained raises here is about the files it was given
         text = str(err).strip()
         first_line = text.splitlines()[0] if text else type(err).__name__
+        if not trusted and "trust_remote_code" in text:
+            first_line = "its code ships with the model and runs only with --trust-remote-code; read it first"
         if local_only and not Path(where).is_dir():
             first_line = f"not in the local cache and the hub cannot be reached ({first_line})"
         raise UsageError(f"{source}: cannot load ({first_line})") from None

@@ -37,6 +37,8 @@ class BaseConfig(TrainConfig):
         found = super().problems()
         if self.preset not in PRESETS:
             return found + [f"'preset' must be one of {', '.join(PRESETS)}, got {self.preset!r}"]
+        if self.template not in (None, "kochatgpt") or self.system_prompt is not None:
+            found.append("'template': the offline base is trained on the kochatgpt template only")
         config = self.resolved()
         if config.vocab_size < 300:
             found.append(f"'vocab_size' must be ≥ 300 (256 bytes + special tokens), got {config.vocab_size}")

@@ -69,7 +69,7 @@ def test_manifest_adds_up(tmp_path, inputs):
 def test_pairs_have_the_schema_and_chosen_is_better(tmp_path, inputs):
     build(BuildConfig(out=tmp_path / "built", **inputs))
     rows = load(tmp_path / "built", "rm")["train"]
-    assert rows.column_names == ["prompt", "chosen", "rejected", "chosen_rank", "rejected_rank", "prompt_id", "extra"]
+    assert rows.column_names == ["prompt", "chosen", "rejected", "chosen_rank", "rejected_rank", "prompt_id", "extra", "prompt_messages"]
     assert all(c < r for c, r in zip(rows["chosen_rank"], rows["rejected_rank"]))
     assert "좋은 답" not in rows["rejected"]
     assert json.loads(load(tmp_path / "built", "sft")["train"][0]["extra"]).keys() <= {"tokens"}

@@ -40,9 +40,9 @@ def tricky_rm(tmp_path: Path) -> Path:
 
 def test_a_clean_file_is_read_with_normalised_texts(tmp_path):
     frame = frame_of(tricky_rm(tmp_path))
-    assert frame.columns == ["prompt", "completions", "ranking", "extra"]
+    assert frame.columns == ["prompt", "completions", "ranking", "extra", "prompt_messages"]
     assert frame.get_column("prompt").to_list()[:4] == ["한국어 질문", "café 메뉴", "em\u2003quad", "줄\n바꿈"]
-    assert frame.row(7) == ("질문 1", ["좋은\n답", "나쁜 답", "보통 답"], [0, 2, 1], "{}")
+    assert frame.row(7) == ("질문 1", ["좋은\n답", "나쁜 답", "보통 답"], [0, 2, 1], "{}", "")
 
 
 @pytest.mark.parametrize("kind, make", [

@@ -47,7 +47,7 @@ def test_valid_records_are_normalised_and_extra_fields_carried():
         {"prompt": "질문", "completion_0": "a", "completion_1": "b", "ranking": [1, 0], "tokens": 7}, Kind.RM
     )
     assert problems == []
-    assert clean == {"prompt": "질문", "completions": ["a", "b"], "ranking": [1, 0], "extra": {"tokens": 7}}
+    assert clean == {"prompt": "질문", "prompt_messages": None, "completions": ["a", "b"], "ranking": [1, 0], "extra": {"tokens": 7}}
 
 
 def test_problems_are_located_lines_and_rejects_keep_the_raw_record(tmp_path):
