@@ -108,8 +108,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     named = next((arg for arg in argv if not arg.startswith("-")), None)
-    args = build_parser(named).parse_args(argv)
     try:
+        args = build_parser(named).parse_args(argv)  # a flag's own parser may refuse its value with a KochatError
         return args.run(args) or 0
     except KochatError as err:
         for line in err.lines():

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kochat_data.errors import InvalidDataError, Problem, UsageError
-from kochat_data.reading import BOT, HUMAN, read_text, render_dialogue
+from kochat_data.reading import BOT, HUMAN, read_text
+from kochat_train.cli import add_reading_flags
 from kochat_train.decoding_flags import DECODING_OPTIONS, decoding_problems
 
 
@@ -30,9 +31,9 @@ def register_generate(parser: argparse.ArgumentParser) -> None:
 
 
 def register_chat(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("A terminal chat: each turn the dialogue so far is the prompt, as `<사람>: …` / `<챗봇>: …` lines "
-                          "(the KoChatGPT conversation form). /reset forgets the dialogue, /exit or Ctrl-D quits, "
-                          "Ctrl-C stops an answer.")
+    parser.description = ("A terminal chat: each turn the dialogue so far is the prompt, as messages in the model's template "
+                          "(kochatgpt: `<사람>: …` / `<챗봇>: …` lines, the KoChatGPT conversation form; chat: the tokenizer's own). "
+                          "/reset forgets the dialogue, /exit or Ctrl-D quits, Ctrl-C stops an answer.")
     _add_model_flags(parser)
     parser.set_defaults(run=run_chat)
 
@@ -47,6 +48,7 @@ def register_score(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward (default: 32)")
     parser.add_argument("--max-length", type=int, help="tokens per text (default: the model's training max_length)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    add_reading_flags(parser)
     parser.set_defaults(run=run_score)
 
 
@@ -62,6 +64,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=512, help="prompt tokens kept, the newest (default: 512, at most "
                                                                      "the model's positions less --max-new-tokens)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    add_reading_flags(parser, system=True)
 
 
 def decoding_settings(args: argparse.Namespace) -> dict:
@@ -110,11 +113,12 @@ def _load_model(args: argparse.Namespace):
     from transformers import set_seed
 
     from kochat_train.runtime import resolve_device
-    from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
+    from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer, trust_remote_code
 
     _quiet()
     device = resolve_device(args.device)
-    tokenizer = load_tokenizer(args.model)
+    trust_remote_code(args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model, args.template, args.force_template, args.system_prompt)
     model = load_causal_lm(args.model, tokenizer, dtype=inference_dtype(device)).to(device).eval()
     set_seed(args.seed)
     return tokenizer, model
@@ -151,15 +155,16 @@ def run_generate(args: argparse.Namespace) -> int:
 
 @dataclass
 class Dialogue:
-    """The conversation so far; each turn's prompt is rendered as the conversation file's records are."""
+    """The conversation so far, as messages: the template renders it (kochatgpt writes it as the conversation
+    file's records are written)."""
 
-    turns: list[tuple[str, str]] = field(default_factory=list)
+    turns: list[dict[str, str]] = field(default_factory=list)
 
-    def prompt(self, message: str) -> str:
-        return render_dialogue([*self.turns, (HUMAN, message)])
+    def prompt(self, message: str) -> list[dict[str, str]]:
+        return [*self.turns, {"role": "user", "content": message}]
 
     def add(self, message: str, reply: str) -> None:
-        self.turns += [(HUMAN, message), (BOT, reply)]
+        self.turns += [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
 
     def reset(self) -> None:
         self.turns.clear()
@@ -220,9 +225,12 @@ def run_score(args: argparse.Namespace) -> int:
     if not responses:
         raise UsageError("no response: give RESPONSE arguments or --file")
     from kochat_train.rewards import RewardScorer
+    from kochat_train.sources import trust_remote_code
 
     _quiet()
-    rewards = RewardScorer(Path(args.model), args.device, args.max_length).score(prompts, responses, args.batch_size)
+    trust_remote_code(args.trust_remote_code)
+    scorer = RewardScorer(Path(args.model), args.device, args.max_length, args.template, args.force_template)
+    rewards = scorer.score(prompts, responses, args.batch_size)
     if args.json:
         for prompt, response, reward in zip(prompts, responses, rewards, strict=True):
             print(json.dumps({"prompt": prompt, "response": response, "reward": reward}, ensure_ascii=False))

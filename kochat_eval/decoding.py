@@ -36,6 +36,8 @@ class DecodingEvalConfig:
     unit: str = "eojeol"
     device: str = "auto"
     relevance: str | None = BUNDLED  # the relevance referee's encoder (None: no relevance column)
+    template: str | None = None  # the model's prompt template (None: the one it was trained with)
+    force_template: bool = False
 
     def settings(self, name: str) -> dict:
         """Every decoding setting of one config: transformers' defaults, --max-new-tokens, then the config's own."""
@@ -62,7 +64,7 @@ def compare_decodings(config: DecodingEvalConfig) -> tuple[dict, list[dict]]:
     device = resolve_device(config.device)
     prompts = eval_prompts(config.data, config.max_prompts)
     referees = Referees(config.reward_model, config.judge, device, config.relevance)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.template, config.force_template)
     policy = load_causal_lm(config.model, tokenizer, dtype=inference_dtype(device)).to(device).eval()
     rows: dict[str, list[dict]] = {}
     with progress_bar() as progress:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kochat_data.errors import UsageError
-from kochat_data.schema import Kind
+from kochat_data.schema import PROMPT_MESSAGES, Kind
 from kochat_data.split import SPLITS
 from kochat_train.dpo import PreferenceCollator, pair_sequence_logprobs, tokenize_preferences
 from kochat_train.rm import PAIR_COLUMNS
@@ -44,7 +44,7 @@ def relevance_accuracy(conditional: np.ndarray, unconditional: np.ndarray) -> di
 
 @torch.no_grad()
 def probe_relevance(model_dir: str | Path, data_dir: Path, max_pairs: int = 0, batch_size: int = 32, max_length: int = 128,
-                    device: str = "auto", split: str = "eval") -> dict:
+                    device: str = "auto", split: str = "eval", template: str | None = None, force_template: bool = False) -> dict:
     if batch_size < 1 or max_length < 1 or max_pairs < 0:
         raise UsageError(f"--batch-size and --max-length must be ≥ 1 and --max-pairs ≥ 0, got {batch_size}, {max_length}, {max_pairs}")
     if split not in SPLITS:
@@ -56,12 +56,12 @@ def probe_relevance(model_dir: str | Path, data_dir: Path, max_pairs: int = 0, b
     if not len(pairs):
         raise UsageError(f"{data_dir}: no {split} pair of a rank-0 and a rank-1 answer (the right answer against another question's)")
     pairs = pairs.select(range(min(len(pairs), max_pairs or len(pairs))))
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, template, force_template)
     model = load_causal_lm(model_dir, tokenizer).eval().to(resolve_device(device))
     max_length = capped_length(max_length, model)
     collate = PreferenceCollator(tokenizer)
     with_question = tokenize_preferences(pairs, tokenizer, max_length)
-    without_question = tokenize_preferences(pairs.map(lambda row: {"prompt": ""}, keep_in_memory=True), tokenizer, max_length)
+    without_question = tokenize_preferences(pairs.map(lambda row: {"prompt": "", PROMPT_MESSAGES: ""}, keep_in_memory=True), tokenizer, max_length)
     conditional = np.stack(pair_sequence_logprobs(with_question, model, collate, batch_size), axis=1)
     unconditional = np.stack(pair_sequence_logprobs(without_question, model, collate, batch_size), axis=1)
     return {"model": str(model_dir), "data": str(data_dir), "split": split, "pairs": len(pairs), "max_length": max_length,

@@ -31,7 +31,8 @@ from kochat_train.relevance_scorer import BUNDLED, optional_referee
 from kochat_train.reward_functions import parse_reward
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import decoding_config, generate, response_logits, response_texts, token_logprobs
-from kochat_train.runtime import CONFIG_FILE, load_stage_data, resolve_device
+from kochat_train.runtime import CONFIG_FILE, dataset_prompts, load_stage_data, resolve_device
+from kochat_train.template import Prompt, prompt_text
 from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
 
 
@@ -72,7 +73,7 @@ class Referees:
         self.scorers = {"proxy": RewardScorer(proxy, device)} | ({} if judge is None else {"judge": RewardScorer(judge, device)})
         self.relevance = optional_referee(relevance, device)
 
-    def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+    def score(self, prompts: list[Prompt], responses: list[str]) -> dict[str, list[float]]:
         """`{proxy_score: […], judge_score: […], relevance: […]}` of each response."""
         scores = {f"{name}_score": scorer.score(prompts, responses) for name, scorer in self.scorers.items()}
         if self.relevance is not None:
@@ -96,12 +97,12 @@ def played_referees(stage_dir: Path) -> dict:
     return {"played": ["relevance"]} if "relevance" in kinds else {}
 
 
-def prompt_set_hash(prompts: list[str]) -> str:
-    return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
+def prompt_set_hash(prompts: list[Prompt]) -> str:
+    return hashlib.sha256("\n".join(map(prompt_text, prompts)).encode("utf-8")).hexdigest()[:16]
 
 
-def eval_prompts(data: Path, limit: int) -> list[str]:
-    prompts = list(load_stage_data(data, Kind.PPO, ["prompt"], "kochat eval stages")["eval"]["prompt"])
+def eval_prompts(data: Path, limit: int) -> list[Prompt]:
+    prompts = dataset_prompts(load_stage_data(data, Kind.PPO, ["prompt"], "kochat eval stages")["eval"])
     if not prompts:
         raise UsageError(f"{data}: the ppo eval split is empty; nothing to evaluate on (build with --eval-ratio > 0)")
     return prompts[:limit] if limit > 0 else prompts
@@ -142,7 +143,7 @@ def compare_stages(config: StageEvalConfig) -> tuple[dict, list[dict]]:
 
 
 @torch.no_grad()
-def answer_prompts(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], decoding: dict,
+def answer_prompts(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], decoding: dict,
                    referees: Referees, batch_size: int, max_length: int, seed: int,
                    advance: Callable[[int], None] = lambda done: None, reference: PreTrainedModel | None = None) -> list[dict]:
     """Every prompt answered under `decoding` (settings of `decoding_config`) and scored by the
@@ -165,7 +166,7 @@ def answer_prompts(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             ref_logprobs = token_logprobs(response_logits(reference, rollout, temperature), rollout.response_ids)
             scores["kl"] = ((logprobs - ref_logprobs) * mask).sum(dim=1).tolist()
         for i, response in enumerate(responses):
-            rows.append({"prompt": batch[i // copies], "response": response, **{key: values[i] for key, values in scores.items()},
+            rows.append({"prompt": prompt_text(batch[i // copies]), "response": response, **{key: values[i] for key, values in scores.items()},
                          "tokens": int(mask[i].sum()), "eos": ended[i]})
         advance(len(batch))
     return rows

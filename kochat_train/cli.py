@@ -9,7 +9,7 @@ import json
 import typing
 from pathlib import Path
 
-from kochat_train.config import field_type, resolve_config
+from kochat_train.config import TEMPLATES, field_type, resolve_config
 from kochat_train.stage_configs import BaseConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
 # (config, "module:function" imported only to run the stage, so that --help needs no torch, help)
@@ -34,6 +34,17 @@ def register(train: argparse.ArgumentParser) -> None:
         parser.add_argument("--config", type=Path, metavar="FILE", help="JSON or TOML file of config fields; flags override it")
         add_config_flags(parser, config_class)
         parser.set_defaults(run=run_stage, config_class=config_class)
+
+
+def add_reading_flags(parser: argparse.ArgumentParser, system: bool = False) -> None:
+    """How a command outside training reads its model: the prompt template and whether the model's own code may run
+    (the same fields as every stage's config)."""
+    fields = {item.name: item for item in dataclasses.fields(SFTConfig)}
+    parser.add_argument("--template", choices=TEMPLATES, help=fields["template"].metadata["doc"])
+    parser.add_argument("--force-template", action="store_true", help=fields["force_template"].metadata["doc"])
+    if system:
+        parser.add_argument("--system-prompt", metavar="TEXT", help=fields["system_prompt"].metadata["doc"])
+    parser.add_argument("--trust-remote-code", action="store_true", help=fields["trust_remote_code"].metadata["doc"])
 
 
 def register_encoder(encoder: argparse.ArgumentParser) -> None:

@@ -35,11 +35,12 @@ class RewardScorer:
     """A reward model ready to score texts as it was trained to read them (`reward_inputs`), cut to
     the length it was trained with (never past its positions)."""
 
-    def __init__(self, model_dir: Path, device: str = "auto", max_length: int | None = None):
+    def __init__(self, model_dir: Path, device: str = "auto", max_length: int | None = None, template: str | None = None,
+                 force_template: bool = False):
         if max_length is not None and max_length < 1:
             raise UsageError(f"--max-length: expected an integer ≥ 1, got {max_length}")
         self.device = resolve_device(device)
-        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer = load_tokenizer(model_dir, template, force_template)  # by default, the template it was trained with
         self.model = ScalarRewardModel(load_reward_model(model_dir, self.tokenizer, dtype=inference_dtype(self.device))).to(self.device).eval()
         self.max_length = capped_length(max_length or training_max_length(model_dir) or DEFAULT_MAX_LENGTH, self.model.model)
         self.reading = encoder_reading(model_dir) if self.model.reads_pairs else None

@@ -288,6 +288,9 @@ def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_co
         dataloader_pin_memory=cuda,
         train_sampling_strategy=config.sampling,
         remove_unused_columns=remove_unused_columns,
+        # Every trainable parameter gets a gradient in every stage (frozen ones are not DDP's to reduce), so DDP
+        # needs no extra pass over the autograd graph to find unused ones (the Trainer's default with a PreTrainedModel).
+        ddp_find_unused_parameters=False,
         report_to="none",
         disable_tqdm=True,
     )

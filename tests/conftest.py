@@ -189,3 +189,84 @@ def as_two_ranks(work):
     for thread in threads:
         thread.join()
     return results
+
+
+# A ChatML-style template whose assistant turns end with the EOS (as Qwen's and EXAONE's instruct models do) and that
+# writes its own BOS (as Llama's and Gemma's do).
+CHATML_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+                   "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+FAMILIES = ("llama", "qwen2", "gpt_neox", "gemma2", "exaone4")
+
+
+def chat_tokenizer(family: str):
+    """A tokenizer trained on the sample with the ChatML template, shaped as `family`'s: Qwen2's a byte-level BPE with
+    no BOS and a pad of its own; the others SentencePiece-style (Metaspace: `▁` marks a word start) adding a BOS as
+    Llama's does, Gemma2's and GPT-NeoX's with a pad token (the rest pad with EOS in kochat)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [line for path in SAMPLE.glob("*.jsonl") for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    texts += ["### Instruction(명령어):", "### Response(응답):", "user assistant system"] * 20
+    alphabet = sorted(set("".join(texts)) | {"\n"})
+    if family == "qwen2":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer, backend.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=900, special_tokens=specials, show_progress=False,
+                                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        roles = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    else:
+        backend = Tokenizer(models.BPE(unk_token="<unk>"))
+        backend.pre_tokenizer, backend.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        specials = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>", "<pad>"]
+        backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1500, special_tokens=specials, show_progress=False,
+                                                               initial_alphabet=alphabet))
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+        roles = {"bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>",
+                 **({"pad_token": "<pad>"} if family in ("gemma2", "gpt_neox") else {})}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, additional_special_tokens=["<|im_start|>"], **roles)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def make_tiny_family(out: Path, family: str) -> Path:
+    """A randomly initialised 2-layer model of `family` (width 32) with its chat tokenizer, written by save_pretrained."""
+    import torch
+    import transformers
+
+    tokenizer = chat_tokenizer(family)
+    shape = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "max_position_embeddings": 256, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+             "pad_token_id": tokenizer.pad_token_id}
+    extra = {"llama": {"num_key_value_heads": 1}, "qwen2": {"num_key_value_heads": 1}, "gpt_neox": {},
+             "gemma2": {"num_key_value_heads": 1, "head_dim": 16, "sliding_window": 32},
+             "exaone4": {"num_key_value_heads": 1, "sliding_window": 32}}[family]
+    config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                                 "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"), "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+                                 "exaone4": ("Exaone4Config", "Exaone4ForCausalLM")}[family]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**shape, **extra))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_family(tmp_path_factory.mktemp("llama") / "model", "llama")
+
+
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def byo_data(tmp_path_factory) -> Path:
+    """The committed bring-your-own fixtures built into one dataset: messages SFT, ChatbotData-shaped CSV
+    (--columns), UltraFeedback-shaped Parquet preference pairs and save_to_disk conversational prompts."""
+    from kochat_data.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("byo") / "data"
+    build(BuildConfig(out=out, sft=[FIXTURES / "messages_sft.jsonl", FIXTURES / "chatbot_qa.csv"],
+                      rm=[FIXTURES / "ultrafeedback_ko.parquet"], ppo=[FIXTURES / "prompts_saved"],
+                      columns={"prompt": "Q", "completion": "A"}))
+    return out

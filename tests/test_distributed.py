@@ -136,3 +136,15 @@ def test_grpo_under_torchrun_logs_each_step_once(tiny_base, sample_data, tmp_pat
     logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text("utf-8").splitlines()]
     assert [line["step"] for line in logged if "reward" in line] == [1, 2]
     assert [line["step"] for line in logged if "eval_median_eojeol" in line] == [0, 2]
+
+
+def test_a_llama_with_lora_and_its_chat_template_trains_alike_on_two_processes(tiny_llama, byo_data, tmp_path):
+    """DPO on a SentencePiece Llama with LoRA and --template chat, on the conversational fixtures: the merged weights
+    of two processes equal one process's (DDP without find_unused_parameters: every trainable parameter has a gradient)."""
+    common = ["train", "dpo", "--data", byo_data, "--model", tiny_llama, "--template", "chat", "--lora-rank", 2, "--max-steps", 3,
+              "--max-length", TINY["max_length"], "--learning-rate", LEARNING_RATE, "--sampling", "sequential", "--precision", "fp32"]
+    kochat(1, *common, "--out", tmp_path / "one", "--batch-size", 8)
+    kochat(2, *common, "--out", tmp_path / "two", "--batch-size", 4)
+    one, two, start = weights(tmp_path / "one"), weights(tmp_path / "two"), weights(tiny_llama)
+    assert max((one[name] - start[name]).abs().max().item() for name in start) > 1e-4
+    assert max((one[name] - two[name]).abs().max().item() for name in one) < 1e-5

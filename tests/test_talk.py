@@ -12,6 +12,7 @@ from transformers import GenerationConfig
 
 import kochat_train.rollout
 from conftest import REPO, TINY
+from kochat_train.template import prompt_text
 from kochat.talk import Dialogue
 from kochat_data.validate import validate_file
 from kochat_eval.decoding import NOTEBOOK_DECODINGS, DecodingEvalConfig, compare_decodings
@@ -72,12 +73,13 @@ def test_chat_prompts_follow_the_conversation_file_and_reset(tmp_path):
     conversation = tmp_path / "conversation.txt"
     conversation.write_text("<<start conversation>>\n<사람>: 안녕?\n<챗봇>: 안녕하세요!\n<사람>: 날씨 어때?\n<챗봇>: 맑아요.\n", encoding="utf-8")
     first, second = (record["prompt"] for record in validate_file(conversation).records)
-    dialogue = Dialogue()
-    assert dialogue.prompt("안녕?") == first
+    dialogue = Dialogue()  # messages, whose text (what the kochatgpt template shows) is the conversation file's prompt
+    assert prompt_text(dialogue.prompt("안녕?")) == first
     dialogue.add("안녕?", "안녕하세요!")
-    assert dialogue.prompt("날씨 어때?") == second == "<사람>: 안녕?\n<챗봇>: 안녕하세요!\n<사람>: 날씨 어때?"
+    assert dialogue.prompt("날씨 어때?")[-1] == {"role": "user", "content": "날씨 어때?"} and len(dialogue.prompt("날씨 어때?")) == 3
+    assert prompt_text(dialogue.prompt("날씨 어때?")) == second == "<사람>: 안녕?\n<챗봇>: 안녕하세요!\n<사람>: 날씨 어때?"
     dialogue.reset()
-    assert dialogue.prompt("날씨 어때?") == "날씨 어때?"
+    assert dialogue.prompt("날씨 어때?") == [{"role": "user", "content": "날씨 어때?"}]
 
 
 def test_chat_keeps_and_resets_the_dialogue_it_sends(run_cli, tiny_base, monkeypatch):
@@ -85,7 +87,7 @@ def test_chat_keeps_and_resets_the_dialogue_it_sends(run_cli, tiny_base, monkeyp
     real = kochat_train.rollout.generate
 
     def spy(model, tokenizer, prompts, max_length, decoding, template=True, streamer=None):
-        sent.append(prompts[0])
+        sent.append(prompt_text(prompts[0]))  # the dialogue's text: what the kochatgpt template shows
         return real(model, tokenizer, prompts, max_length, decoding, template, streamer)
 
     monkeypatch.setattr(kochat_train.rollout, "generate", spy)
