@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kochat_data.schema import Kind
-from kochat_train import runtime
+from kochat_train import runtime, stage_data
 from kochat_train.dpo import PreferenceCollator, tokenize_preferences
 from kochat_train.objectives import dpo_loss, sequence_logprobs
 from kochat_train.rm import PAIR_COLUMNS
@@ -98,7 +98,7 @@ def main() -> None:
         with torch.no_grad():
             for parameter in policy.parameters():
                 parameter.add_(0.01 * torch.randn_like(parameter))
-    pairs = runtime.load_stage_data(args.data, Kind.RM, PAIR_COLUMNS, "bench")["eval"].select(range(args.pairs))
+    pairs = stage_data.load_stage_data(args.data, Kind.RM, PAIR_COLUMNS, "bench")["eval"].select(range(args.pairs))
     features = tokenize_preferences(pairs, tokenizer, args.max_length)
 
     ours = kochat_side(policy, reference, PreferenceCollator(tokenizer)(list(features)), args.beta)

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 
 from kochat_data.schema import Kind
 from kochat_eval.metrics import bootstrap_ci
-from kochat_train import runtime
+from kochat_train import runtime, stage_data
 from kochat_train.grpo import GRPOConfig, train_grpo
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import decoding_config, generate, response_texts
@@ -65,7 +65,7 @@ def bench_grpo(out: Path, run: Path, precision: str, seed: int, held_out_prompts
         generated.append(sum(len(ids) for ids in completion_ids))
         return scorer.score(question, completions)
 
-    train = runtime.load_stage_data(data, Kind.PPO, ["prompt"], "bench")["train"]
+    train = stage_data.load_stage_data(data, Kind.PPO, ["prompt"], "bench")["train"]
     prompts = datasets.Dataset.from_dict({"prompt": [render_prompt(p) for p in train["prompt"]], "question": train["prompt"]})
     transformers.set_seed(seed)
     trainer = trl.GRPOTrainer(
@@ -80,7 +80,7 @@ def bench_grpo(out: Path, run: Path, precision: str, seed: int, held_out_prompts
     trainer.save_model(str(out / "peers_grpo_trl"))
 
     judge = RewardScorer(run / "judge")
-    held_out = list(runtime.load_stage_data(data, Kind.PPO, ["prompt"], "bench")["eval"]["prompt"])[:held_out_prompts]
+    held_out = list(stage_data.load_stage_data(data, Kind.PPO, ["prompt"], "bench")["eval"]["prompt"])[:held_out_prompts]
     mine = judge_scores(ours.out, tokenizer, held_out, judge, seed)
     other = judge_scores(out / "peers_grpo_trl", tokenizer, held_out, judge, seed)
     low, high = bootstrap_ci([a - b for a, b in zip(mine, other, strict=True)])

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # training_workloads sits beside
 
 import training_workloads
 from kochat_data.schema import Kind
-from kochat_train import runtime
+from kochat_train import devices, stage_data
 from kochat_train.dpo import PreferenceCollator, pair_sequence_logprobs, tokenize_preferences, train_dpo
 from kochat_train.objectives import pair_accuracies, sequence_logprobs
 from kochat_train.rm import PAIR_COLUMNS, PairCollator, ScalarRewardModel, tokenize_pairs, train_rm
@@ -109,7 +109,7 @@ def bench_sft(args, data: Path, held_out: datasets.Dataset, base: Path, tokenize
 
     batch_size, learning_rate = 16, 5e-5
     config = SFTConfig(data=data, out=args.out / "peers_sft_kochat", model=str(base), **kochat_common(args, batch_size, learning_rate))
-    ours, bf16 = train_sft(config), runtime.uses_bf16(config, DEVICE)
+    ours, bf16 = train_sft(config), devices.uses_bf16(config, DEVICE)
     train = tokenize_sft(datasets.load_from_disk(str(data / "sft"))["train"], tokenizer, args.max_length).remove_columns("attention_mask")
     eval_features = tokenize_sft(held_out, tokenizer, args.max_length)
     transformers.set_seed(args.seed)
@@ -132,7 +132,7 @@ def bench_rm(args, data: Path, held_out: datasets.Dataset, base: Path, tokenizer
 
     batch_size, learning_rate = 8, 5e-5
     config = RewardConfig(data=data, out=args.out / "peers_rm_kochat", model=str(base), **kochat_common(args, batch_size, learning_rate))
-    ours, bf16 = train_rm(config), runtime.uses_bf16(config, DEVICE)
+    ours, bf16 = train_rm(config), devices.uses_bf16(config, DEVICE)
     train = tokenize_pairs(datasets.load_from_disk(str(data / "rm"))["train"], tokenizer, args.max_length).rename_columns(
         {"input_ids_chosen": "chosen_ids", "input_ids_rejected": "rejected_ids"}).select_columns(["chosen_ids", "rejected_ids"])
     eval_features = tokenize_pairs(held_out, tokenizer, args.max_length)
@@ -158,8 +158,8 @@ def bench_dpo(args, data: Path, held_out: datasets.Dataset, sft: Path, tokenizer
 
     batch_size, learning_rate, beta = 8, 5e-5, 0.1
     config = DPOConfig(data=data, out=args.out / "peers_dpo_kochat", model=str(sft), beta=beta, **kochat_common(args, batch_size, learning_rate))
-    ours, bf16 = train_dpo(config), runtime.uses_bf16(config, DEVICE)
-    train = runtime.load_stage_data(data, Kind.RM, PAIR_COLUMNS, "bench")["train"]
+    ours, bf16 = train_dpo(config), devices.uses_bf16(config, DEVICE)
+    train = stage_data.load_stage_data(data, Kind.RM, PAIR_COLUMNS, "bench")["train"]
     text = train.map(lambda row: {"prompt": render_prompt(row["prompt"])}).select_columns(["prompt", "chosen", "rejected"])
     eval_features = tokenize_preferences(held_out, tokenizer, args.max_length)
     transformers.set_seed(args.seed)

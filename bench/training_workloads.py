@@ -19,7 +19,7 @@ from kochat_data.build import BuildConfig, build
 from kochat_train.base import BaseConfig, train_base
 from kochat_train.rm import RewardConfig, train_rm
 from kochat_train.rollout import decoding_config, generate as kochat_generate
-from kochat_train.runtime import uses_bf16
+from kochat_train.devices import uses_bf16
 from kochat_train.sft import SFTConfig, tokenize_sft, train_sft
 from kochat_train.sources import load_tokenizer
 from kochat_train.template import render_prompt

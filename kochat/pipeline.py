@@ -34,7 +34,8 @@ from kochat_train.grpo import GRPOConfig, train_grpo
 from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.relevance_scorer import BUNDLED, bundled_available
 from kochat_train.rm import RewardConfig, train_rm
-from kochat_train.runtime import STAGE_FILE, load_stage_data
+from kochat_train.runtime import STAGE_FILE
+from kochat_train.stage_data import load_stage_data
 from kochat_train.sft import SFTConfig, train_sft
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"

@@ -112,7 +112,7 @@ def read_scoring_pairs(path: Path) -> tuple[list[str], list[str]]:
 def _load_model(args: argparse.Namespace):
     from transformers import set_seed
 
-    from kochat_train.runtime import resolve_device
+    from kochat_train.devices import resolve_device
     from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer, trust_remote_code
 
     _quiet()

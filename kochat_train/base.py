@@ -15,9 +15,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase, P
 from kochat_data.errors import UsageError
 from kochat_data.schema import Kind
 from kochat_train.objectives import unigram_perplexity
-from kochat_train.runtime import (
-    GuardedTrainer, StageResult, fit, load_stage_data, prepare_output, require_build_directory, save_stage, training_arguments,
-)
+from kochat_train.runtime import GuardedTrainer, StageResult, fit, prepare_output, save_stage, training_arguments
+from kochat_train.stage_data import load_stage_data, require_build_directory
 from kochat_train.stage_configs import BaseConfig
 from kochat_train.template import IGNORE_INDEX, KOCHATGPT_CHAT_TEMPLATE, PROMPT_TEMPLATE, encode_examples, render_prompt
 

@@ -15,7 +15,7 @@ from kochat_train.stage_configs import BaseConfig, DPOConfig, GRPOConfig, PPOCon
 # (config, "module:function" imported only to run the stage, so that --help needs no torch, help)
 STAGES = {
     "base": (BaseConfig, "kochat_train.base:train_base", "tokenizer + small GPT-2 pretrained on the built corpus (offline)"),
-    "sft": (SFTConfig, "kochat_train.sft:train_sft", "supervised fine-tuning on the KoChatGPT template"),
+    "sft": (SFTConfig, "kochat_train.sft:train_sft", "supervised fine-tuning: loss on the answers, in the prompt template (--template)"),
     "rm": (RewardConfig, "kochat_train.rm:train_rm", "reward model on the chosen/rejected pairs"),
     "ppo": (PPOConfig, "kochat_train.ppo:train_ppo", "PPO against the reward model, KL-penalised toward the SFT model"),
     "grpo": (GRPOConfig, "kochat_train.grpo:train_grpo",

@@ -20,6 +20,7 @@ SAMPLING = ("group_by_length", "random", "sequential")
 TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+WEIGHT_DTYPES = ("fp32", "bf16")
 TEMPLATES = ("kochatgpt", "chat", "raw")
 
 Config = TypeVar("Config", bound="TrainConfig")
@@ -74,6 +75,13 @@ class TrainConfig:
     lora_rank: int = option(0, "LoRA rank through loralib (0: train every weight)")
     lora_alpha: int = option(16, "LoRA scaling numerator (scale = alpha / rank)")
     lora_dropout: float = option(0.0, "dropout on the LoRA branch")
+    lora_targets: list[str] = option([], "names of the layers LoRA adapts, e.g. q_proj v_proj (repeatable or comma-separated; "
+                                     "default: every Linear/Conv1D inside the transformer blocks, i.e. the attention and MLP "
+                                     "projections; never the embeddings or the LM head)")
+    weights: str = option("fp32", "dtype of the trained weights (and so of their gradients and AdamW state): fp32, or bf16 on a "
+                          "device that computes bf16 natively (half the memory, coarser updates); the frozen reference follows it")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass instead of keeping them: less "
+                                          "memory, about a third more compute")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps")
     precision: str = option("auto", "auto: bf16 autocast on a CUDA GPU that has bf16 (fp16 on one without), and in every stage but "
                             "the RM on a CPU with native bf16 (avx512_bf16 or AMX: 1.3–1.55× faster, same results), fp32 elsewhere; "
@@ -119,6 +127,8 @@ class TrainConfig:
             found.append(f"'device' must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             found.append(f"'precision' must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.weights not in WEIGHT_DTYPES:
+            found.append(f"'weights' must be one of {', '.join(WEIGHT_DTYPES)}, got {self.weights!r}")
         if self.sampling not in SAMPLING:
             found.append(f"'sampling' must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
         if self.report_to not in TRACKERS:

@@ -18,7 +18,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from kochat_data.schema import Kind
-from kochat_train import runtime
+from kochat_train import devices, runtime, stage_data
 from kochat_train.objectives import dpo_loss, pair_accuracies, rank_pairs, sequence_logprobs
 from kochat_train.rm import PAIR_COLUMNS, select_pairs
 from kochat_train.runtime import GuardedTrainer, StageResult
@@ -32,7 +32,7 @@ def tokenize_preferences(dataset: datasets.Dataset, tokenizer: PreTrainedTokeniz
     """Per pair: ids and SFT-style labels (−100 on the prompt) of chosen and rejected, and their ranks."""
     def encode(batch: dict[str, list]) -> dict[str, list]:
         rows: dict[str, list] = {"ranks": rank_pairs(batch["chosen_rank"], batch["rejected_rank"])}
-        prompts = runtime.dataset_prompts(batch)
+        prompts = stage_data.dataset_prompts(batch)
         for side in ("chosen", "rejected"):
             examples = encode_examples(tokenizer, prompts, batch[side], max_length)
             rows[f"{side}_ids"] = [ids for ids, _ in examples]
@@ -135,13 +135,13 @@ def preference_metrics(prediction: EvalPrediction) -> dict[str, float]:
 
 def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
     columns = PAIR_COLUMNS + ([] if config.pairs == "all" else ["prompt_id"])
-    data = runtime.load_stage_data(config.data, Kind.RM, columns, "kochat train dpo")
+    data = stage_data.load_stage_data(config.data, Kind.RM, columns, "kochat train dpo")
     data["train"] = select_pairs(data["train"], config.pairs, config.judge_share)
-    train_pairs = runtime.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on")
+    train_pairs = stage_data.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on")
     set_seed(config.seed)
     tokenizer = runtime.stage_tokenizer(config, config.model)
-    policy = load_causal_lm(config.model, tokenizer)
-    reference = load_causal_lm(config.model, tokenizer).requires_grad_(False).eval()
+    policy = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config))
+    reference = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config)).requires_grad_(False).eval()
     runtime.disable_dropout(policy)  # at step 0 the implicit rewards are exactly 0
     resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
     runtime.maybe_apply_lora(policy, config)
@@ -151,10 +151,10 @@ def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     eval_features = tokenize_preferences(data["eval"], tokenizer, max_length) if len(data["eval"]) else None
     started = time.perf_counter()
     if config.precompute_reference:
-        device = runtime.resolve_device(config.device)
+        device = devices.resolve_device(config.device)
         reference.to(device)
         # Under the autocast the steps will run in, so that the implicit rewards start at 0 in bf16 too.
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config, device)):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=devices.uses_bf16(config, device)):
             train_features = with_reference_logprobs(train_features, reference, collate, config)
             eval_features = with_reference_logprobs(eval_features, reference, collate, config) if eval_features is not None else None
         reference = None  # every step reads the stored log-probs

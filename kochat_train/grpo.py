@@ -16,11 +16,11 @@ import torch
 
 from kochat_data.progress import stderr_console
 from kochat_train import objectives as ops
-from kochat_train import online, runtime
+from kochat_train import devices, online, runtime
 from kochat_train.reward_functions import CompositeReward
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, response_texts, token_logprobs
-from kochat_train.sources import inference_dtype, load_causal_lm
+from kochat_train.sources import load_causal_lm
 from kochat_train.stage_configs import GRPOConfig, RLOOConfig
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "RLOOConfig", "train_grpo", "train_rloo"]
@@ -33,26 +33,23 @@ class GRPOTrainer:
 
     def __init__(self, config: GRPOConfig):
         self.config = config
-        device = runtime.resolve_device(config.device)
+        device = devices.resolve_device(config.device)
         self.device = torch.device(device)
         self.tokenizer = runtime.stage_tokenizer(config, config.sft)
-        self.actor = load_causal_lm(config.sft, self.tokenizer)
-        self.reference = (load_causal_lm(config.sft, self.tokenizer, dtype=inference_dtype(device)).requires_grad_(False).eval()
-                          if config.beta > 0 else None)
+        self.actor = load_causal_lm(config.sft, self.tokenizer, devices.trained_dtype(config))
         self.reward = CompositeReward(config.reward, device, judge=Path(config.judge) if config.judge else None)
         self.judge = RewardScorer(Path(config.judge), device) if config.judge else None
         runtime.maybe_apply_lora(self.actor, config)
-        for model in (self.actor, self.reference):
-            if model is not None:
-                runtime.disable_dropout(model)  # the ratio's two log-probs must come from the same function
-                model.to(self.device)
+        runtime.disable_dropout(self.actor)  # the ratio's two log-probs must come from the same function
+        self.actor.to(self.device)
+        self.reference = online.frozen_reference(config, self.actor, self.tokenizer, device) if config.beta > 0 else None
         runtime.broadcast_parameters([self.actor])
         self.trainable = [p for p in self.actor.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
         sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p}
         self.decoding = decoding_config(self.tokenizer, **sampling)  # held-out answers: one per prompt
         self.group_decoding = decoding_config(self.tokenizer, **sampling, num_return_sequences=config.group_size)
-        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config, device))
+        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=devices.uses_bf16(config, device))
 
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, float]]:

@@ -57,6 +57,19 @@ def unigram_perplexity(train_ids: np.ndarray, eval_ids: np.ndarray, vocab_size: 
     return math.exp(-log_probs[eval_ids].mean())
 
 
+# log-softmax over the vocabulary keeps (and, under autograd, saves) a float copy of all the logits: with 128k–256k
+# vocabularies, GBs per batch. A few rows at a time, as logit[token] − logsumexp(logits), the copy is a chunk's, and
+# logsumexp's backward needs only the logits themselves.
+LOGPROB_ROWS = 4
+
+
+def gathered_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under `logits`, LOGPROB_ROWS rows at a time (in fp32). (B, R, V), (B, R) → (B, R)"""
+    rows = [chunk.float().gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(chunk.float(), dim=-1)
+            for chunk, ids in zip(logits.split(LOGPROB_ROWS), tokens.split(LOGPROB_ROWS), strict=True)]
+    return torch.cat(rows) if rows else logits.new_zeros(tokens.shape, dtype=torch.float32)
+
+
 # DPO (Rafailov et al. 2023; IPO: Azar et al. 2023). A sequence's log-prob is summed (or, length-
 # normalised, averaged) over its response tokens and EOS; labels are −100 on prompt and padding.
 
@@ -65,7 +78,7 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, length_normali
     """log p(response + EOS | prompt) per row from next-token logits. (B, T, V), (B, T) → (B,)"""
     targets = labels[:, 1:]
     counted = targets != -100
-    token_logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    token_logprobs = gathered_logprobs(logits[:, :-1], targets.clamp(min=0))
     total = (token_logprobs * counted).sum(dim=1)
     return total / counted.sum(dim=1).clamp(min=1) if length_normalize else total
 

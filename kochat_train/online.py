@@ -24,11 +24,13 @@ from kochat_data.atomic import check_writable
 from kochat_data.errors import KochatError, UsageError
 from kochat_data.progress import progress_bar, stderr_console
 from kochat_data.schema import Kind
-from kochat_train import runtime
+from kochat_train import devices, runtime, stage_data
 from kochat_train.alarms import Thresholds, answer_signature, hacking_alarms
+from kochat_train.lora import WithoutLora
 from kochat_train.objectives import kl_k1
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import generate, response_logits, response_texts, token_logprobs
+from kochat_train.sources import load_causal_lm
 from kochat_train.stage_configs import OnlineRLConfig
 from kochat_train.template import Prompt
 from kochat_train.tracking import Tracker, closing_tracker, open_tracker, sample_rows
@@ -249,18 +251,28 @@ def _kept(out: Path, stage: str) -> str:
 def stage_inputs(config: OnlineRLConfig, stage: str) -> tuple[list[Prompt], list[Prompt], Path | None]:
     """The train prompts, the held-out ones (--eval-every) and the checkpoint to resume from; --out is checked,
     torchrun's group joined and the seed set, and nothing is written yet (the models load next)."""
-    data = runtime.load_stage_data(config.data, Kind.PPO, ["prompt"], f"kochat train {stage}")
-    prompts = runtime.dataset_prompts(runtime.require_rows(data, "train", config.data, Kind.PPO, "nothing to train on"))
-    held_out = (runtime.dataset_prompts(runtime.require_rows(data, "eval", config.data, Kind.PPO, "--eval-every needs held-out prompts"))
+    data = stage_data.load_stage_data(config.data, Kind.PPO, ["prompt"], f"kochat train {stage}")
+    prompts = stage_data.dataset_prompts(stage_data.require_rows(data, "train", config.data, Kind.PPO, "nothing to train on"))
+    held_out = (stage_data.dataset_prompts(stage_data.require_rows(data, "eval", config.data, Kind.PPO, "--eval-every needs held-out prompts"))
                 if config.eval_every else [])[: config.eval_prompts]
     resume_from = last_state(Path(config.out), stage) if config.resume else None
     if config.resume and resume_from is None:
         raise UsageError(f"{config.out}: nothing to resume (no {state_file(stage)} under {Path(config.out) / runtime.CHECKPOINTS})")
     if not config.resume:
         check_writable(Path(config.out), config.overwrite)
-    runtime.init_distributed(runtime.resolve_device(config.device))
+    runtime.init_distributed(devices.resolve_device(config.device))
     set_seed(config.seed)
     return prompts, held_out, resume_from
+
+
+def frozen_reference(config: OnlineRLConfig, actor, tokenizer, device: str):
+    """The policy the KL is measured to, the SFT model: with LoRA, the actor with its LoRA branches skipped (no second
+    copy of the weights; call after LoRA is applied); else a frozen copy, in bf16 where frozen models may be."""
+    if config.lora_rank > 0:
+        return WithoutLora(actor)
+    reference = load_causal_lm(config.sft, tokenizer, dtype=devices.frozen_dtype(config, device)).requires_grad_(False).eval()
+    runtime.disable_dropout(reference)
+    return reference.to(device)
 
 
 def open_output(config: OnlineRLConfig) -> None:

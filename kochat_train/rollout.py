@@ -11,7 +11,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from kochat_data.errors import UsageError
-from kochat_train.objectives import positions_from_mask
+from kochat_train.objectives import LOGPROB_ROWS, gathered_logprobs, positions_from_mask
 from kochat_train.sources import end_token_ids, model_positions
 from kochat_train.template import Prompt, adds_special_tokens, prompt_text, render_prompts
 
@@ -112,17 +112,18 @@ def response_logits(model: PreTrainedModel, rollout: Rollout, temperature: float
     """Logits that predicted each response token (positions P−1 … P+R−2), divided by the sampling
     temperature so that their log-softmax is the distribution the tokens were drawn from. (B, R, V)"""
     mask = rollout.attention_mask
-    logits = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
     width = rollout.response_ids.shape[1]
-    return logits[:, -width - 1 : -1].float() / temperature
+    # Only the positions that predict a response token go through the LM head (no (B, P, V) logits of the prompt).
+    logits = model(input_ids=rollout.input_ids, attention_mask=mask, position_ids=positions_from_mask(mask), logits_to_keep=width + 1).logits
+    return logits[:, :-1].float() / temperature
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under `logits`. (B, R, V), (B, R) → (B, R)"""
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log p(token) under `logits` (a few rows at a time: `gathered_logprobs`). (B, R, V), (B, R) → (B, R)"""
+    return gathered_logprobs(logits, tokens)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each predictive distribution. (B, R, V) → (B, R)"""
-    log_probs = torch.log_softmax(logits, dim=-1)
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
+    """Entropy of each predictive distribution, log Z − E_p[logit], a few rows at a time. (B, R, V) → (B, R)"""
+    return torch.cat([torch.logsumexp(chunk, dim=-1) - (torch.softmax(chunk, dim=-1) * chunk).sum(dim=-1)
+                      for chunk in logits.split(LOGPROB_ROWS)])

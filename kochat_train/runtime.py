@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
 import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -27,11 +26,11 @@ from transformers.trainer import TRAINER_STATE_NAME
 from kochat_data.atomic import check_writable
 from kochat_data.errors import KochatError, UsageError
 from kochat_data.progress import progress_bar
-from kochat_data.schema import PROMPT_MESSAGES, Kind, require_columns
 from kochat_train.config import TrainConfig
 from kochat_train.lora import apply_lora, merge_lora
+from kochat_train.devices import resolve_device, uses_bf16
 from kochat_train.sources import load_tokenizer, trust_remote_code
-from kochat_train.template import CONFIG_FILE, Prompt, prompts_of, template_of
+from kochat_train.template import CONFIG_FILE, template_of
 from kochat_train.tracking import TrackerCallback, closing_tracker, open_tracker
 
 METRICS_FILE = "metrics.jsonl"
@@ -176,62 +175,6 @@ def _step_of(line: str) -> int | None:
         return None
 
 
-def require_build_directory(data: Path) -> None:
-    if Path(data).is_file():
-        raise UsageError(f"{data}: is a file; expected a directory written by `kochat data build` (make one with "
-                         f"`kochat data build --sft/--rm/--ppo {data} --out DIR`)")
-    if not Path(data).is_dir():
-        raise UsageError(f"{data}: no such directory; expected one written by `kochat data build`")
-
-
-def load_stage_data(data: Path, kind: Kind, columns: list[str], where: str) -> datasets.DatasetDict:
-    """The train/eval DatasetDict of one kind from a build directory, with the columns a stage reads and
-    `prompt_messages` (see `dataset_prompts`)."""
-    require_build_directory(data)
-    path = Path(data) / kind.value
-    if not path.is_dir() and (Path(data) / "dataset_dict.json").is_file():
-        raise UsageError(f"{data}: is one dataset of a build; pass the build directory above it ({Path(data).parent})")
-    if not path.is_dir():
-        raise UsageError(f"{path}: no {kind.value} dataset here; build one with `kochat data build --{kind.value} FILE --out {data}`")
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except (OSError, ValueError, IndexError) as err:  # IndexError: an empty split written by an older kochat
-        raise UsageError(f"{path}: not a dataset written by `kochat data build` ({str(err).strip().splitlines()[0]})") from None
-    if not isinstance(dataset, datasets.DatasetDict) or set(dataset) != {"train", "eval"}:
-        raise UsageError(f"{path}: expected the train and eval splits of `kochat data build`, found {', '.join(dataset) if isinstance(dataset, datasets.DatasetDict) else 'one dataset'}")
-    require_columns(dataset, kind, columns, where)
-    if PROMPT_MESSAGES not in dataset["train"].column_names:  # built before conversations were kept: every prompt is a text
-        dataset = datasets.DatasetDict({split: rows.add_column(PROMPT_MESSAGES, [""] * len(rows)) for split, rows in dataset.items()})
-    return dataset
-
-
-def dataset_prompts(rows: datasets.Dataset | dict[str, list]) -> list[Prompt]:
-    """The prompts of a stage dataset's rows (or of a batch of them): conversations where kept, else texts."""
-    columns = rows.column_names if isinstance(rows, datasets.Dataset) else rows.keys()
-    return prompts_of(rows["prompt"], rows[PROMPT_MESSAGES] if PROMPT_MESSAGES in columns else None)
-
-
-def require_rows(dataset: datasets.DatasetDict, split: str, data: Path, kind: Kind, what: str) -> datasets.Dataset:
-    """A split that must not be empty for the command at hand."""
-    if len(dataset[split]) == 0:
-        raise UsageError(f"{Path(data) / kind.value}: the {split} split is empty; {what}"
-                         + (" (build with --eval-ratio > 0)" if split == "eval" else ""))
-    return dataset[split]
-
-
-def resolve_device(requested: str) -> str:
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-        "cpu": True,
-    }
-    if requested == "auto":
-        return next(device for device, present in available.items() if present)
-    if not available[requested]:
-        raise UsageError(f"device {requested!r} is not available on this machine (try --device auto)")
-    return requested
-
-
 def planned_steps(rows: int, config: TrainConfig, world: int) -> int:
     """Optimizer steps to run: max_steps if set, else -1 (the epochs decide) unless the epochs
     give fewer than min_steps updates, then min_steps."""
@@ -239,23 +182,6 @@ def planned_steps(rows: int, config: TrainConfig, world: int) -> int:
         return config.max_steps
     per_epoch = math.ceil(rows / (config.batch_size * world)) // config.grad_accum
     return config.min_steps if per_epoch * config.epochs < config.min_steps else -1
-
-
-def uses_bf16(config: TrainConfig, device: str) -> bool:
-    """bf16 autocast (weights stay fp32): asked for; by default on a CUDA GPU that has bf16, and on a CPU that
-    computes bf16 natively in the stages where it measured as fp32 does (`cpu_bf16_by_default`)."""
-    if config.precision != "auto":
-        return config.precision == "bf16"
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device == "cpu" and config.cpu_bf16_by_default and cpu_has_native_bf16()
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls ~2× fp32's. Elsewhere bf16 is emulated and slower than fp32.
-    torch answers only through private helpers, so a torch without them counts as no."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None)
 
 
 def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_columns: bool = True, evaluate: bool = True) -> TrainingArguments:
@@ -291,6 +217,8 @@ def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_co
         # Every trainable parameter gets a gradient in every stage (frozen ones are not DDP's to reduce), so DDP
         # needs no extra pass over the autograd graph to find unused ones (the Trainer's default with a PreTrainedModel).
         ddp_find_unused_parameters=False,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         report_to="none",
         disable_tqdm=True,
     )
@@ -410,8 +338,13 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def maybe_apply_lora(model: PreTrainedModel, config: TrainConfig, heads: tuple[str, ...] = ()) -> None:
+    """LoRA if asked for, and gradient checkpointing if asked for (for the stages outside the Trainer, which
+    switches it on itself from the TrainingArguments)."""
     if config.lora_rank > 0:
-        apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, trainable_heads=heads)
+        targets = [name.strip() for names in config.lora_targets for name in names.split(",") if name.strip()]
+        apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, trainable_heads=heads, targets=targets)
+    if config.gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def fit(

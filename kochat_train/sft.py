@@ -8,7 +8,7 @@ import datasets
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from kochat_data.schema import Kind
-from kochat_train import runtime
+from kochat_train import devices, runtime, stage_data
 from kochat_train.runtime import GuardedTrainer, StageResult
 from kochat_train.sources import capped_length, load_causal_lm
 from kochat_train.stage_configs import SFTConfig
@@ -22,7 +22,7 @@ def sft_labels(input_ids: list[int], response_start: int) -> list[int]:
 
 def tokenize_sft(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        examples = encode_examples(tokenizer, runtime.dataset_prompts(batch), batch["completion"], max_length)
+        examples = encode_examples(tokenizer, stage_data.dataset_prompts(batch), batch["completion"], max_length)
         return {
             "input_ids": [ids for ids, _ in examples],
             "attention_mask": [[1] * len(ids) for ids, _ in examples],
@@ -33,11 +33,11 @@ def tokenize_sft(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, 
 
 
 def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> StageResult:
-    data = runtime.load_stage_data(config.data, Kind.SFT, ["prompt", "completion"], "kochat train sft")
-    train_rows = runtime.require_rows(data, "train", config.data, Kind.SFT, "nothing to train on")
+    data = stage_data.load_stage_data(config.data, Kind.SFT, ["prompt", "completion"], "kochat train sft")
+    train_rows = stage_data.require_rows(data, "train", config.data, Kind.SFT, "nothing to train on")
     set_seed(config.seed)
     tokenizer = runtime.stage_tokenizer(config, config.model)
-    model = load_causal_lm(config.model, tokenizer)
+    model = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config))
     resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
     runtime.maybe_apply_lora(model, config)
     max_length = capped_length(config.max_length, model)

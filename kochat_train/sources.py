@@ -25,6 +25,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from transformers.modeling_layers import GenericForSequenceClassification
+
 from kochat_data.errors import UsageError
 from kochat_train.template import use_template
 
@@ -106,8 +108,25 @@ def load_causal_lm(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype
     return _align(_from_pretrained(AutoModelForCausalLM, source, config=config, dtype=dtype), tokenizer)
 
 
+def with_reward_class(source: str | Path) -> None:
+    """Make sure transformers has a `…ForSequenceClassification` for `source`'s family. Where it has none (HyperCLOVAX,
+    EXAONE 3, Cohere …), one is made as transformers makes its own: `GenericForSequenceClassification` (the backbone and
+    a `score` head read at the last token that is not padding) on the family's PreTrainedModel, registered with
+    AutoModelForSequenceClassification. The directory kochat saves names that class; plain transformers loads it after
+    the same two lines (README, "Bring your own")."""
+    config = _from_pretrained(AutoConfig, source)
+    mapping = AutoModelForSequenceClassification._model_mapping
+    if type(config) in mapping or type(config) not in AutoModelForCausalLM._model_mapping:
+        return  # transformers has one, or this is no causal LM (an encoder, or something the loaders refuse)
+    causal = AutoModelForCausalLM._model_mapping[type(config)]
+    family = next(base for base in causal.__mro__ if base.__name__.endswith("PreTrainedModel") and base is not PreTrainedModel)
+    name = causal.__name__.removesuffix("ForCausalLM") + "ForSequenceClassification"
+    AutoModelForSequenceClassification.register(type(config), type(name, (GenericForSequenceClassification, family), {}), exist_ok=True)
+
+
 def load_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A trained reward model; a directory whose one-output head would be initialised at random is refused."""
+    with_reward_class(source)
     model, info = _from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=dtype, output_loading_info=True)
     missing = {key for key in info["missing_keys"] if key.split(".")[0] in REWARD_HEADS}
     if not any(hasattr(model, head) for head in REWARD_HEADS) or missing:
@@ -128,9 +147,10 @@ def load_encoder(source: str | Path) -> PreTrainedModel:
     return _from_pretrained(AutoModel, source)
 
 
-def init_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A reward model to train: from a reward model directory, or a causal LM or an encoder with a new head (fp32)."""
-    model = _align(_from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=torch.float32), tokenizer)
+def init_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A reward model to train: from a reward model directory, or a causal LM or an encoder with a new head (fp32 by default)."""
+    with_reward_class(source)
+    model = _align(_from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=dtype), tokenizer)
     if not any(hasattr(model, head) for head in REWARD_HEADS):
         raise UsageError(f"{source}: {type(model).__name__} has no `{REWARD_HEAD}` or `classifier` head; kochat's reward model needs one")
     return model

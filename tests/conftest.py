@@ -195,7 +195,8 @@ def as_two_ranks(work):
 # writes its own BOS (as Llama's and Gemma's do).
 CHATML_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
                    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-FAMILIES = ("llama", "qwen2", "gpt_neox", "gemma2", "exaone4")
+# HyperCLOVAX has no …ForSequenceClassification in transformers: kochat makes its reward model one.
+FAMILIES = ("llama", "qwen2", "gpt_neox", "gemma2", "exaone4", "hyperclovax")
 
 
 def chat_tokenizer(family: str):
@@ -240,10 +241,11 @@ def make_tiny_family(out: Path, family: str) -> Path:
              "pad_token_id": tokenizer.pad_token_id}
     extra = {"llama": {"num_key_value_heads": 1}, "qwen2": {"num_key_value_heads": 1}, "gpt_neox": {},
              "gemma2": {"num_key_value_heads": 1, "head_dim": 16, "sliding_window": 32},
-             "exaone4": {"num_key_value_heads": 1, "sliding_window": 32}}[family]
+             "exaone4": {"num_key_value_heads": 1, "sliding_window": 32}, "hyperclovax": {"num_key_value_heads": 1}}[family]
     config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
                                  "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"), "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
-                                 "exaone4": ("Exaone4Config", "Exaone4ForCausalLM")}[family]
+                                 "exaone4": ("Exaone4Config", "Exaone4ForCausalLM"),
+                                 "hyperclovax": ("HyperCLOVAXConfig", "HyperCLOVAXForCausalLM")}[family]
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(getattr(transformers, config_class)(**shape, **extra))
     model.save_pretrained(out)

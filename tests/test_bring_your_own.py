@@ -5,10 +5,7 @@ import json
 import datasets
 import pytest
 
-from conftest import FIXTURES, TINY, write_lines
-from kochat_data.validate import validate_file
-
-STAGE = {**TINY, "max_steps": 2, "learning_rate": 1e-3}
+from conftest import FIXTURES, write_lines
 
 
 def test_each_fixture_format_reads_as_its_kind(run_cli):

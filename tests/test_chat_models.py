@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import CHATML_TEMPLATE, TINY
-from kochat_train.sources import load_tokenizer
+from kochat_train.sources import load_tokenizer, trust_remote_code
 from kochat_train.template import KOCHATGPT_CHAT_TEMPLATE, encode_examples, render_prompt
 
 CHAT = {**TINY, "max_steps": 2, "learning_rate": 1e-3, "template": "chat"}
@@ -105,3 +105,26 @@ def test_a_chat_template_model_runs_every_stage_and_each_inherits_the_template(c
     assert code == 0 and "reward" in json.loads(out.splitlines()[0])
     code, _, err = run_cli("generate", "--model", chat_stages["ppo"], "--template", "kochatgpt", "질문")
     assert code == 2 and "trained with --template chat" in err
+
+
+def test_a_model_with_its_own_code_loads_only_when_trusted(run_cli, tiny_base, tmp_path):
+    """A checkpoint whose config names code of its own (`auto_map`): refused in one line without --trust-remote-code
+    (transformers is never left to ask y/N), loaded with it."""
+    import shutil
+
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_base, custom, ignore=shutil.ignore_patterns("checkpoints"))
+    (custom / "configuration_custom.py").write_text(
+        "from transformers import GPT2Config\n\n\nclass CustomConfig(GPT2Config):\n    model_type = 'custom_gpt2'\n", encoding="utf-8")
+    (custom / "modeling_custom.py").write_text(
+        "from transformers import GPT2LMHeadModel\n\nfrom .configuration_custom import CustomConfig\n\n\n"
+        "class CustomModel(GPT2LMHeadModel):\n    config_class = CustomConfig\n", encoding="utf-8")
+    config = json.loads((custom / "config.json").read_text(encoding="utf-8"))
+    config.update(model_type="custom_gpt2", architectures=["CustomModel"],
+                  auto_map={"AutoConfig": "configuration_custom.CustomConfig", "AutoModelForCausalLM": "modeling_custom.CustomModel"})
+    (custom / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    code, _, err = run_cli("generate", "--model", custom, "--max-new-tokens", 2, "질문")
+    assert code == 2 and "runs only with --trust-remote-code" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("generate", "--model", custom, "--max-new-tokens", 2, "--trust-remote-code", "질문")
+    trust_remote_code(False)  # the setting is the process's: leave it as later tests expect
+    assert code == 0, err

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from conftest import TINY, make_kogpt2_shaped
 from kochat_eval.stages import StageEvalConfig, compare_stages
+from kochat_train.dpo import DPOConfig, train_dpo
 from kochat_train.grpo import GRPOConfig, GRPOTrainer, train_grpo
 from kochat_train.ppo import PPOConfig, PPOTrainer, train_ppo
 from kochat_train.rm import RewardConfig, ScalarRewardModel, train_rm
@@ -59,7 +60,7 @@ def test_rewards_are_read_at_the_last_real_token_with_pad_equal_to_eos(kogpt2_st
     assert without_eos.item() != pytest.approx(alone.item(), abs=1e-6)  # the EOS itself is the token read
 
 
-def test_ppo_first_update_is_on_policy_and_eval_stages_runs(kogpt2_stages, sample_data):
+def test_ppo_first_update_is_on_policy_and_dpo_ppo_eval_stages_run(kogpt2_stages, sample_data):
     root = kogpt2_stages["root"]
     config = PPOConfig(data=sample_data, out=root / "ppo-probe", sft=str(kogpt2_stages["sft"]), rm=str(kogpt2_stages["rm"]),
                        batch_size=4, mini_batch_size=4, ppo_epochs=1, max_new_tokens=12, max_length=64, temperature=0.7)
@@ -78,10 +79,13 @@ def test_ppo_first_update_is_on_policy_and_eval_stages_runs(kogpt2_stages, sampl
     ppo = train_ppo(PPOConfig(data=sample_data, out=root / "ppo", sft=str(kogpt2_stages["sft"]), rm=str(kogpt2_stages["rm"]),
                               max_steps=2, batch_size=4, mini_batch_size=2, max_new_tokens=8, max_length=64))
     assert {p.dtype for p in AutoModelForSequenceClassification.from_pretrained(ppo.out / "critic").parameters()} == {torch.float32}
+    dpo = train_dpo(DPOConfig(data=sample_data, out=root / "dpo", model=str(kogpt2_stages["sft"]), max_steps=2, **TINY))
     report, generations = compare_stages(StageEvalConfig(
-        stages={"sft": kogpt2_stages["sft"], "ppo": ppo.out}, reward_model=kogpt2_stages["rm"], data=sample_data, max_prompts=4,
-        decoding={"max_new_tokens": 8}))
-    assert [stage["stage"] for stage in report["stages"]] == ["sft", "ppo"] and len(generations) == 8
+        stages={"sft": kogpt2_stages["sft"], "dpo": dpo.out, "ppo": ppo.out}, reward_model=kogpt2_stages["rm"], data=sample_data,
+        max_prompts=4, decoding={"max_new_tokens": 8}))
+    assert [stage["stage"] for stage in report["stages"]] == ["sft", "dpo", "ppo"] and len(generations) == 12
+    assert all(json.loads((directory / "kochat_config.json").read_text())["template"] == "kochatgpt"
+               for directory in (kogpt2_stages["sft"], kogpt2_stages["rm"], dpo.out, ppo.out))
 
 
 def test_grpo_trains_a_kogpt2_shaped_model_on_policy(kogpt2_stages, sample_data):

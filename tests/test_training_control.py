@@ -184,15 +184,15 @@ def test_resume_forgets_a_metrics_line_torn_by_a_kill(tmp_path):
 
 
 def test_auto_precision_is_bf16_on_a_native_bf16_cpu_in_every_stage_but_the_rm(monkeypatch):
-    from kochat_train import runtime
+    from kochat_train import devices
     from kochat_train.stage_configs import BaseConfig, DPOConfig, PPOConfig, RewardConfig
 
     for native in (True, False):
-        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
-        assert [runtime.uses_bf16(config(), "cpu") for config in (BaseConfig, SFTConfig, DPOConfig, PPOConfig)] == [native] * 4
-        assert not runtime.uses_bf16(RewardConfig(), "cpu")
-        assert runtime.uses_bf16(RewardConfig(precision="bf16"), "cpu") and not runtime.uses_bf16(SFTConfig(precision="fp32"), "cpu")
-        assert not runtime.uses_bf16(SFTConfig(), "mps")
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+        assert [devices.uses_bf16(config(), "cpu") for config in (BaseConfig, SFTConfig, DPOConfig, PPOConfig)] == [native] * 4
+        assert not devices.uses_bf16(RewardConfig(), "cpu")
+        assert devices.uses_bf16(RewardConfig(precision="bf16"), "cpu") and not devices.uses_bf16(SFTConfig(precision="fp32"), "cpu")
+        assert not devices.uses_bf16(SFTConfig(), "mps")
 
 
 def test_bf16_autocast_trains_as_fp32_does_and_keeps_fp32_weights(tiny_base, sample_data, tmp_path):
