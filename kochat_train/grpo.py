@@ -16,7 +16,7 @@ import torch
 
 from kochat_data.progress import stderr_console
 from kochat_train import objectives as ops
-from kochat_train import devices, online, runtime
+from kochat_train import devices, online, runtime, sharding
 from kochat_train.reward_functions import CompositeReward
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, response_texts, token_logprobs
@@ -36,7 +36,12 @@ class GRPOTrainer:
         device = devices.resolve_device(config.device)
         self.device = torch.device(device)
         self.tokenizer = runtime.stage_tokenizer(config, config.sft)
-        self.actor = load_causal_lm(config.sft, self.tokenizer, devices.trained_dtype(config))
+        runtime.init_distributed(device)
+        placement = sharding.distributed_config(config.sharding, config.offload, device, config.sft)
+        self.actor = load_causal_lm(config.sft, self.tokenizer, devices.trained_dtype(config), placement)
+        self.sharding = placement is not None  # every process then evaluates: a sharded forward is collective
+        if self.sharding:
+            sharding.prepare(self.actor)
         self.reward = CompositeReward(config.reward, device, judge=Path(config.judge) if config.judge else None)
         self.judge = RewardScorer(Path(config.judge), device) if config.judge else None
         runtime.maybe_apply_lora(self.actor, config)
@@ -127,7 +132,8 @@ class GRPOTrainer:
                     sums["policy_loss"] += loss.item()  # averaged over processes: the global loss
                     sums["clip_fraction"] += (clipped * mask).sum().item()
                     sums["entropy"] += (entropy(logits.detach()) * mask).sum().item()
-            runtime.average_gradients(self.trainable)
+            if not self.sharding:  # FSDP averages the gradients itself (reduce-scatter)
+                runtime.average_gradients(self.trainable)
             torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
             self.optimizer.step()
         tokens = max(loss_mask.sum().item(), 1)
@@ -145,11 +151,12 @@ class GRPOTrainer:
 
     def state(self, step: int) -> dict:
         """Everything a resumed run needs, the sampling RNG of every process included (a collective call)."""
-        return {"step": step, "actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict(), **online.rng_states(self.device)}
+        return {"step": step, "actor": sharding.full_model_state(self.actor),
+                "optimizer": sharding.full_optimizer_state(self.actor, self.optimizer), **online.rng_states(self.device)}
 
     def load_state(self, state: dict) -> int:
-        self.actor.load_state_dict(state["actor"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharding.load_model_state(self.actor, state["actor"])
+        sharding.load_optimizer_state(self.actor, self.optimizer, state["optimizer"])
         online.restore_rng(state, self.device, self.config.seed)
         return state["step"]
 

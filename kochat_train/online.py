@@ -197,9 +197,11 @@ class _Watch:
                     stderr_console.print(self.fired[kind], markup=False)
 
     def _evaluate(self, step: int, tracker: Tracker | None) -> dict[str, float]:
-        """Rank 0 answers the held-out prompts and logs the scores with the step."""
-        scores = self.trainer.evaluate(self.prompts) if runtime.is_main_process() else {}
-        if scores:
+        """Rank 0 answers the held-out prompts and logs the scores with the step; with a sharded policy every process
+        answers them alike (its forwards are collective)."""
+        everyone = getattr(self.trainer, "sharding", False)
+        scores = self.trainer.evaluate(self.prompts) if everyone or runtime.is_main_process() else {}
+        if scores and runtime.is_main_process():
             runtime.append_metrics(self.out / runtime.METRICS_FILE, {"stage": self.stage, "step": step, **scores})
             if tracker:
                 tracker.log(scores, step)

@@ -12,6 +12,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from kochat_data.errors import UsageError
 from kochat_train.objectives import LOGPROB_ROWS, gathered_logprobs, positions_from_mask
+from kochat_train.sharding import is_sharded
 from kochat_train.sources import end_token_ids, model_positions
 from kochat_train.template import Prompt, adds_special_tokens, prompt_text, render_prompts
 
@@ -94,7 +95,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     ends = end_token_ids(decoding.eos_token_id, getattr(model.generation_config, "eos_token_id", None))
     decoding = copy.deepcopy(decoding)
     decoding.eos_token_id = ends if len(ends) > 1 else ends[0]
-    output = model.generate(**encoded, generation_config=decoding, streamer=streamer)
+    # A sharded model's every forward is collective: all processes keep stepping until the last one's answers end.
+    output = model.generate(**encoded, generation_config=decoding, streamer=streamer, synced_gpus=is_sharded(model))
     response_ids = output[:, encoded["input_ids"].shape[1]:]
     mask = response_mask(response_ids, ends)
     ended = torch.isin(response_ids, torch.tensor(ends, device=device)).any(dim=1)  # the mask runs up to the first of them

@@ -28,6 +28,8 @@ from kochat_data.errors import KochatError, UsageError
 from kochat_data.progress import progress_bar
 from kochat_train.config import TrainConfig
 from kochat_train.lora import apply_lora, merge_lora
+from kochat_train.sharding import describe as describe_sharding
+from kochat_train.sharding import is_sharded
 from kochat_train.devices import resolve_device, uses_bf16
 from kochat_train.sources import load_tokenizer, trust_remote_code
 from kochat_train.template import CONFIG_FILE, template_of
@@ -118,11 +120,13 @@ def average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
 
 
 def broadcast_parameters(modules: Sequence[torch.nn.Module]) -> None:
-    """Every process starts from rank 0's weights (LoRA and new heads are initialised randomly)."""
+    """Every process starts from rank 0's weights (LoRA and new heads are initialised randomly); a sharded model's
+    shards are each process's own."""
     if dist.is_initialized():
         for module in modules:
-            for tensor in module.state_dict().values():
-                dist.broadcast(tensor, src=0)
+            if not is_sharded(module):
+                for tensor in module.state_dict().values():
+                    dist.broadcast(tensor, src=0)
 
 
 def prepare_output(config: TrainConfig) -> str | None:
@@ -380,6 +384,14 @@ def _final_eval(trainer: Trainer) -> dict[str, Any]:
     return trainer.evaluate()
 
 
+def save_model(model: PreTrainedModel, out: Path) -> None:
+    """`save_pretrained` by rank 0; a sharded model is gathered by transformers from every process (a collective call)."""
+    if is_sharded(model):
+        model.save_pretrained(out, is_main_process=is_main_process())
+    elif is_main_process():
+        model.save_pretrained(out)
+
+
 def save_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TrainConfig, stage: str, metrics: dict[str, Any],
                reads_template: bool = True) -> StageResult:
     """Write the plain-transformers model (LoRA merged) and tokenizer, then mark the stage finished (rank 0).
@@ -389,8 +401,10 @@ def save_stage(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, confi
     merge_lora(model)
     if not reads_template:
         tokenizer.chat_template = None
+    if is_sharded(model):
+        metrics = {**metrics, "sharding": describe_sharding(model)}
+    save_model(model, out)
     if is_main_process():
-        model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         finite = {key: value for key, value in metrics.items() if not (isinstance(value, float) and not math.isfinite(value))}
         (out / STAGE_FILE).write_text(json.dumps({"stage": stage, "metrics": finite}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -20,6 +20,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    DistributedConfig,
     GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -94,8 +95,10 @@ def inference_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
 
-def load_causal_lm(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A causal LM in `dtype` (fp32 by default: a checkpoint saved in fp16 must not train in pure half precision).
+def load_causal_lm(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32,
+                   distributed: DistributedConfig | None = None) -> PreTrainedModel:
+    """A causal LM in `dtype` (fp32 by default: a checkpoint saved in fp16 must not train in pure half precision),
+    sharded over the processes by transformers when `distributed` says so (`sharding.distributed_config`).
 
     A reward model directory is refused: its backbone would load with a language-model head tied to
     the embeddings, and answer with fluent-looking noise instead of an error.
@@ -105,7 +108,8 @@ def load_causal_lm(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype
     if architectures and all(name.endswith("ForSequenceClassification") for name in architectures):
         raise UsageError(f"{source}: a reward model ({', '.join(architectures)}), not a language model; pass a base, SFT, PPO "
                          "or DPO directory")
-    return _align(_from_pretrained(AutoModelForCausalLM, source, config=config, dtype=dtype), tokenizer)
+    sharded = {} if distributed is None else {"distributed_config": distributed}
+    return _align(_from_pretrained(AutoModelForCausalLM, source, config=config, dtype=dtype, **sharded), tokenizer)
 
 
 def with_reward_class(source: str | Path) -> None:

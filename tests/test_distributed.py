@@ -102,8 +102,8 @@ def test_ppo_with_two_processes_matches_one(tiny_base, tiny_rm, sample_data, tmp
 
 def test_grpo_with_two_processes_matches_one_and_accumulation(base_without_dropout, sample_data, tmp_path):
     """The same saved batch of grouped answers: one process in one micro-batch, one process in micro-batches of 3
-    (accumulation), and two processes with half the groups each end at the same weights (advantages with the
-    global batch std, truncated answers masked, the loss over the global batch)."""
+    (accumulation), and two processes with half the groups each, replicated (DDP-style) or sharded (FSDP2), end at
+    the same weights (advantages with the global batch std, truncated answers masked, the loss over the global batch)."""
     from kochat_train.grpo import GRPOConfig, GRPOTrainer
 
     config = GRPOConfig(data=sample_data, out=tmp_path / "unused", sft=str(base_without_dropout), reward=["eos"], group_size=4,
@@ -113,16 +113,19 @@ def test_grpo_with_two_processes_matches_one_and_accumulation(base_without_dropo
     torch.save({"prompts": prompts, "rollout": GRPOTrainer(config).rollout(prompts)[0]}, tmp_path / "batch.pt")
     script = Path(__file__).parent / "torchrun_grpo_update.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    for processes, micro, name in ((1, 16, "one"), (1, 3, "accumulated"), (2, 16, "two")):
+    for processes, micro, name, sharding in ((1, 16, "one", "none"), (1, 3, "accumulated", "none"), (2, 16, "two", "none"),
+                                             (2, 16, "sharded", "fsdp")):
         launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                                             "--master_port", str(free_port())]
         done = subprocess.run([*launcher, str(script), str(base_without_dropout), str(sample_data), str(tmp_path / "batch.pt"),
-                               str(tmp_path / name), str(micro)], capture_output=True, text=True, env=env, timeout=300)
+                               str(tmp_path / name), str(micro), sharding], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     one, start = weights(tmp_path / "one"), weights(base_without_dropout)
     assert max((one[name] - start[name]).abs().max().item() for name in one if name in start) > 1e-3
-    for other in ("accumulated", "two"):
-        differences = {name: (one[name] - tensor).abs().max().item() for name, tensor in weights(tmp_path / other).items()}
+    for other in ("accumulated", "two", "sharded"):
+        saved = weights(tmp_path / other)
+        assert set(saved) - set(one) <= {"lm_head.weight"}  # transformers' sharded save also writes the tied copy
+        differences = {name: (one[name] - tensor).abs().max().item() for name, tensor in saved.items() if name in one}
         # The attention's key bias shifts every score of a query alike, so softmax leaves it a true gradient of 0;
         # Adam turns the processes' different rounding noise (~1e-9) there into steps up to ~1e-5 (seen: 2e-5).
         assert differences.pop("transformer.h.0.attn.c_attn.bias") < 5e-5
@@ -148,3 +151,33 @@ def test_a_llama_with_lora_and_its_chat_template_trains_alike_on_two_processes(t
     one, two, start = weights(tmp_path / "one"), weights(tmp_path / "two"), weights(tiny_llama)
     assert max((one[name] - start[name]).abs().max().item() for name in start) > 1e-4
     assert max((one[name] - two[name]).abs().max().item() for name in one) < 1e-5
+
+
+def test_sharded_grpo_records_its_shards_resumes_exactly_and_saves_a_plain_model(tiny_base, sample_data, tmp_path):
+    """`--sharding fsdp` under torchrun: rank 0 holds about half the policy (DTensor local shapes, kochat_stage.json),
+    generation and the held-out evaluation run on the sharded policy, a run stopped after step 1 and resumed ends
+    where an uninterrupted one ends, and the output loads with plain from_pretrained. One process is refused."""
+    from transformers import AutoModelForCausalLM
+
+    common = ["train", "grpo", "--data", sample_data, "--sft", tiny_base, "--reward", "eos", "--reward", "hangul", "--sharding", "fsdp",
+              "--batch-size", 2, "--group-size", 2, "--max-new-tokens", 6, "--max-length", TINY["max_length"], "--eval-every", 2,
+              "--eval-prompts", 4, "--save-steps", 1, "--precision", "fp32"]
+    kochat(2, *common, "--max-steps", 2, "--out", tmp_path / "straight")
+    kochat(2, *common, "--max-steps", 1, "--out", tmp_path / "resumed")
+    kochat(2, *common, "--max-steps", 2, "--out", tmp_path / "resumed", "--resume")
+    record = json.loads((tmp_path / "straight" / "kochat_stage.json").read_text("utf-8"))["metrics"]["sharding"]
+    assert record["kind"] == "fsdp" and record["processes"] == 2 and 0.45 <= record["rank0_local_share"] <= 0.55
+    assert record["units"] == 2  # the tiny base's one block, and the root (embeddings, final norm, head)
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert max((straight[name] - resumed[name]).abs().max().item() for name in straight) == 0
+    logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text("utf-8").splitlines()]
+    assert [line["step"] for line in logged if "eval_median_eojeol" in line] == [0, 2]
+    AutoModelForCausalLM.from_pretrained(tmp_path / "straight")
+    alone = subprocess.run([sys.executable, "-m", "kochat", *map(str, [*common, "--max-steps", 1, "--out", tmp_path / "alone"])],
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 2 and "--sharding fsdp: needs two or more processes" in alone.stderr
+    from kochat_data.errors import UsageError
+    from kochat_train.sharding import distributed_config
+
+    with pytest.raises(UsageError, match="on cpu they are in CPU memory already"):
+        distributed_config("fsdp", offload=True, device="cpu")

@@ -1,0 +1,122 @@
+"""FSDP2 sharding (`--sharding fsdp`, GRPO and RLOO so far): the policy loads sharded over the torchrun processes
+through transformers' own `from_pretrained(distributed_config=…)` (its FSDP plan), and each process keeps 1/N of
+its weights, gradients and AdamW state. Checkpoints hold the whole state (gathered on rank 0), so a run resumes on
+any number of processes; the saved model is a plain `save_pretrained` directory.
+
+Frozen models (the reference, reward models, the judge) are not sharded: they hold no gradients or optimizer
+state, and every process scores its own answers with them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
+from transformers import DistributedConfig
+
+from kochat_data.errors import UsageError
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def distributed_config(sharding: str, offload: bool = False, device: str = "cpu", source: str | None = None) -> DistributedConfig | None:
+    """What `from_pretrained` needs to load the model at `source` sharded over every process, each transformer block a
+    unit (None: load it whole); the process group must be joined already."""
+    if sharding == "none":
+        return None
+    if offload and device != "cuda":
+        raise UsageError(f"--offload moves the shards from GPU memory to CPU memory; on {device} they are in CPU memory already")
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world < 2:
+        raise UsageError("--sharding fsdp: needs two or more processes (torchrun --nproc_per_node N -m kochat train …)")
+    return DistributedConfig(fsdp_size=world, fsdp_cpu_offload=offload, fsdp_plan=block_plan(source) if source else None)
+
+
+def block_plan(source: str) -> dict[str, str]:
+    """An FSDP plan with each transformer block a unit of its own. transformers' default plan names Llama's modules
+    (`embed_tokens`, `layers.*`); on GPT-2 (`transformer.h.*`) or GPT-NeoX it matches nothing, and the whole model
+    would be one unit, gathered whole for every forward. The blocks are the modules transformers never splits
+    (`_no_split_modules`), found on a weightless copy of the model."""
+    import re
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    names = {re.sub(r"\.\d+(?=\.|$)", ".*", name) for name, module in model.named_modules() if type(module).__name__ in blocks}
+    return dict.fromkeys(sorted(names), "free_full_weight")
+
+
+def prepare(model: torch.nn.Module) -> dict:
+    """Check that `model` is sharded (`describe`) and let no unit keep gathered weights past a forward."""
+    record = describe(model)
+    reshard_after_every_forward(model)
+    return record
+
+
+def describe(model: torch.nn.Module) -> dict:
+    """What sharding did, for kochat_stage.json, read from the model itself (its FSDP units and DTensor local
+    shapes); refuses in one line when the model was left whole on every process."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    record = {"kind": "fsdp", "units": sum(isinstance(module, FSDPModule) for module in model.modules()), "processes": world,
+              "rank0_local_share": round(local_share(model), 4)}
+    if record["units"] == 0 or record["rank0_local_share"] > 1.5 / world:
+        raise UsageError(f"--sharding fsdp: rank 0 holds {record['rank0_local_share']:.0%} of the parameters with {world} "
+                         f"processes ({record['units']} sharded units); the model was not sharded")
+    return record
+
+
+def reshard_after_every_forward(model: torch.nn.Module) -> None:
+    """Every unit frees its gathered weights after each forward. transformers' plan keeps some gathered (norms, the LM
+    head) for the backward; after an optimizer step those copies are stale, and a forward without a backward (an
+    evaluation, a rollout) or a state dict would read them (seen: a resumed run 0.15 off the uninterrupted one)."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+            module.set_reshard_after_forward(True)
+
+
+def local_share(model: torch.nn.Module) -> float:
+    """The share of the parameters this process holds, from the DTensors' local shapes (1.0 for a plain model)."""
+    local = total = 0
+    for parameter in model.parameters():
+        total += parameter.numel()
+        local += parameter.to_local().numel() if isinstance(parameter, DTensor) else parameter.numel()
+    return local / total
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights, on every process (a collective call for a sharded model)."""
+    return get_model_state_dict(model, options=FULL) if is_sharded(model) else model.state_dict()
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    return get_optimizer_state_dict(model, optimizer, options=FULL) if is_sharded(model) else optimizer.state_dict()
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Whole weights (as `full_model_state` gave them) into a sharded or plain model; each process keeps its shard."""
+    if is_sharded(model):
+        set_model_state_dict(model, state, options=FULL)
+    else:
+        model.load_state_dict(state)
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    if is_sharded(model):
+        set_optimizer_state_dict(model, optimizer, state, options=FULL)
+    else:
+        optimizer.load_state_dict(state)
