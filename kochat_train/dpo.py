@@ -143,8 +143,8 @@ def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     policy = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config))
     reference = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config)).requires_grad_(False).eval()
     runtime.disable_dropout(policy)  # at step 0 the implicit rewards are exactly 0
+    runtime.maybe_apply_lora(policy, config)  # a wrong --lora-targets is refused before --out is touched
     resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
-    runtime.maybe_apply_lora(policy, config)
     max_length = capped_length(config.max_length, policy)
     collate = PreferenceCollator(tokenizer)
     train_features = tokenize_preferences(train_pairs, tokenizer, max_length)

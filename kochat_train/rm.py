@@ -155,8 +155,9 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     set_seed(config.seed)  # before the new score head is initialised
     tokenizer = with_distinct_pad(runtime.stage_tokenizer(config, config.model))
     backbone = init_reward_model(config.model, tokenizer, devices.trained_dtype(config))
-    resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
+    # A wrong --lora-targets is refused before --out is touched.
     runtime.maybe_apply_lora(backbone, config, heads=tuple(head for head in REWARD_HEADS if hasattr(backbone, head)))
+    resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
     if config.freeze_embeddings:
         backbone.get_input_embeddings().requires_grad_(False)
     reading = encoder_reading(config.model) if reads_pairs(backbone) else None

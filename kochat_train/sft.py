@@ -38,8 +38,8 @@ def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     set_seed(config.seed)
     tokenizer = runtime.stage_tokenizer(config, config.model)
     model = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config))
+    runtime.maybe_apply_lora(model, config)  # a wrong --lora-targets is refused before --out is touched
     resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
-    runtime.maybe_apply_lora(model, config)
     max_length = capped_length(config.max_length, model)
     eval_dataset = tokenize_sft(data["eval"], tokenizer, max_length) if len(data["eval"]) else None
     trainer = GuardedTrainer(

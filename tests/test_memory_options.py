@@ -68,3 +68,10 @@ def test_bf16_weights_train_where_the_device_has_bf16_and_are_refused_elsewhere(
         assert {tensor.dtype for tensor in load_file(tmp_path / "sft" / "model.safetensors").values()} == {torch.bfloat16}
     else:
         assert code == 2 and "--weights bf16: the cpu here has no native bf16" in err
+
+
+def test_a_wrong_lora_target_is_refused_before_the_output_is_touched(run_cli, tiny_base, sample_data, tmp_path):
+    code, _, err = run_cli("train", "sft", "--data", sample_data, "--model", tiny_base, "--lora-rank", 2, "--lora-targets", "q_proj",
+                           "--out", tmp_path / "out", "--max-steps", 1)
+    assert code == 2 and "q_proj name no Linear layer of GPT2LMHeadModel; its layers are c_attn, c_fc, c_proj" in err
+    assert not (tmp_path / "out").exists()
