@@ -37,6 +37,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 sys.path.insert(0, str(Path(__file__).parent))  # training_workloads sits beside this file
 
 import training_workloads
+from bench_table import print_rows, row
 from kochat_data.schema import Kind
 from kochat_train import devices, stage_data
 from kochat_train.dpo import PreferenceCollator, pair_sequence_logprobs, tokenize_preferences, train_dpo
@@ -228,10 +229,7 @@ def main() -> None:
         from grpo_peers import bench_grpo
 
         rows += bench_grpo(args.out, args.grpo_from, args.precision, args.seed)
-    import run_all
-
-    run_all.print_rows([run_all.row(*item, baseline="TRL") for item in rows],
-                       f"kochat vs TRL · {args.precision} · {time.perf_counter() - started:.0f} s")
+    print_rows([row(*item, baseline="TRL") for item in rows], f"kochat vs TRL · {args.precision} · {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

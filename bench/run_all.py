@@ -24,8 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from bench_table import print_rows, row
 
 sys.path.insert(0, str(Path(__file__).parent))  # seed_training and training_workloads sit beside this file
 
@@ -73,30 +72,6 @@ def bench_data(out: Path, records: int) -> list[dict]:
         row(f"data build, {records:,} RM records (records/s)", records / ours[0], records / seed[0], "≥ 10×", 10.0),
         row("data build, peak RSS (MiB; ratio = seed-style / kochat)", ours[1], seed[1], "≥ 2× (≤ ½ the RSS)", 2.0, inverse=True),
     ]
-
-
-def row(workload: str, ours: float, other: float, target: str, needed: float | bool, inverse: bool = False,
-        baseline: str = "seed-style") -> dict:
-    """One table row. `needed` is the ratio to reach; for a metric row, where a ratio means nothing, whether it is met;
-    None for a row shown for reference."""
-    if isinstance(needed, bool):
-        ratio, met = None, needed
-    else:
-        ratio = other / ours if inverse else ours / other
-        met = None if needed is None else ratio >= needed
-    return {"workload": workload, "kochat": ours, "baseline": baseline, "other": other, "ratio": ratio, "target": target, "met": met}
-
-
-def print_rows(rows: list[dict], title: str) -> None:
-    table = Table(title=title)
-    for name in ("workload", "kochat", "baseline", "ratio", "target", "met"):
-        table.add_column(name, justify="left" if name == "workload" else "right")
-    for item in rows:
-        figure = "{:,.1f}" if item["ratio"] is not None else "{:.3f}"
-        table.add_row(item["workload"], figure.format(item["kochat"]), f"{item['baseline']} {figure.format(item['other'])}",
-                      "" if item["ratio"] is None else f"{item['ratio']:.2f}×", item["target"],
-                      "–" if item["met"] is None else "yes" if item["met"] else "[red]no[/]")
-    Console(width=170).print(table)
 
 
 def main() -> None:
