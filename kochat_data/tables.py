@@ -10,14 +10,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 from kochat_data.errors import UsageError
+from kochat_data.hub import hub_offline, hub_reachable
 from kochat_data.reading import FileFormat, SourceRecord, read_bytes, read_records, read_text
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -86,7 +84,12 @@ def table_format(path: Path) -> FileFormat | None:
         return FileFormat.HUB if hub_name(path) else None  # None: the JSON reader says there is no such file
     if path.suffix.lower() in CSV_SUFFIXES:
         return FileFormat.CSV
-    return FileFormat.PARQUET if read_bytes(path)[:4] == PARQUET_MAGIC else None
+    try:
+        with path.open("rb") as handle:  # the magic alone: the file is read once, by its reader
+            magic = handle.read(4)
+    except OSError:
+        return None  # the JSON reader words what is wrong with it
+    return FileFormat.PARQUET if magic == PARQUET_MAGIC else None
 
 
 def hub_name(path: Path) -> bool:
@@ -167,7 +170,7 @@ def _load_hub(name: str):
     import datasets
 
     name, _, split = name.partition(":")
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1" or not _hub_reachable():
+    if hub_offline("HF_DATASETS_OFFLINE") or not hub_reachable():
         raise UsageError(f"{name}: no such file, and the hub cannot be reached to load it as a dataset (offline); "
                          "download it where there is network (datasets.load_dataset(…).save_to_disk(DIR)) and pass DIR")
     try:
@@ -179,15 +182,3 @@ def _load_hub(name: str):
             raise UsageError(f"{name}: splits {', '.join(loaded)}; name one as {name}:SPLIT")
         loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
     return loaded
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick connection to the hub, so that an offline user waits seconds, not the hub client's retries."""
-    from huggingface_hub import constants
-
-    endpoint = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False

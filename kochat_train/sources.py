@@ -7,11 +7,7 @@ reward model is expected, a hub name that cannot be had without a network.
 
 from __future__ import annotations
 
-import functools
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from transformers import (
@@ -29,6 +25,7 @@ from transformers import (
 from transformers.modeling_layers import GenericForSequenceClassification
 
 from kochat_data.errors import UsageError
+from kochat_data.hub import hub_offline, hub_reachable
 from kochat_train.template import use_template
 
 # skt/kogpt2-base-v2 ships a GPT-2 tokenizer whose class defaults name `<|endoftext|>` as
@@ -227,20 +224,4 @@ def locate(source: str | Path) -> tuple[str, bool]:
     first = text.split("/", 1)[0]
     if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/") or (first != text and Path(first).is_dir()):
         raise UsageError(f"{source}: no such directory")
-    return text, _hub_offline() or not _hub_reachable()
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-@functools.lru_cache(maxsize=1)
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    from huggingface_hub import constants
-
-    endpoint = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    return text, hub_offline() or not hub_reachable()

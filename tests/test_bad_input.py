@@ -46,7 +46,7 @@ def test_a_raw_file_or_an_empty_directory_where_a_build_is_expected(run_cli, sft
 def test_a_mistyped_local_path_is_no_such_directory_at_once(run_cli, sft_command, tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()  # `runs/nope` exists partly: a path, not the hub's org/name
-    monkeypatch.setattr(sources, "_hub_reachable", lambda: pytest.fail("a path must not reach for the hub"))
+    monkeypatch.setattr(sources, "hub_reachable", lambda: pytest.fail("a path must not reach for the hub"))
     refused(run_cli(*sft_command(model=name)), f"{name}: no such directory")
     assert not (tmp_path / "out").exists()
 
@@ -55,7 +55,7 @@ def test_a_hub_name_without_network_fails_fast(run_cli, sft_command, tmp_path, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     refused(run_cli(*sft_command(model="kochat-test/no-such-model")), "kochat-test/no-such-model: cannot load", "local cache")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(sources, "_hub_reachable", lambda: False)  # what a dead network gives, without touching one
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)  # what a dead network gives, without touching one
     refused(run_cli(*sft_command(model="kochat-test/no-such-model")), "hub cannot be reached")
 
 
