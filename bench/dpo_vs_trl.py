@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kochat_data.schema import Kind
-from kochat_train import runtime, stage_data
+from kochat_train import stage_data, stage_models
 from kochat_train.dpo import PreferenceCollator, tokenize_preferences
 from kochat_train.objectives import dpo_loss, sequence_logprobs
 from kochat_train.rm import PAIR_COLUMNS
@@ -93,7 +93,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.reference)
     reference = load_causal_lm(args.reference, tokenizer).eval().requires_grad_(False)
     policy = load_causal_lm(args.policy or args.reference, tokenizer)
-    runtime.disable_dropout(policy)
+    stage_models.disable_dropout(policy)
     if args.policy is None:
         with torch.no_grad():
             for parameter in policy.parameters():

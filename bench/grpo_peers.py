@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 
 from kochat_data.schema import Kind
 from kochat_eval.metrics import bootstrap_ci
-from kochat_train import runtime, stage_data
+from kochat_train import devices, outputs, stage_data
 from kochat_train.grpo import GRPOConfig, train_grpo
 from kochat_train.rewards import RewardScorer
 from kochat_train.rollout import decoding_config, generate, response_texts
@@ -53,9 +53,9 @@ def bench_grpo(out: Path, run: Path, precision: str, seed: int, held_out_prompts
                         loss_agg="token-mean", advantage="group-nostd", missing_eos_penalty=0.0, max_new_tokens=MAX_NEW_TOKENS,
                         max_length=128, seed=seed, precision=precision, overwrite=True, logging_steps=10**6, save_steps=10**6)
     ours = train_grpo(config)
-    logged = [line for line in map(json.loads, (ours.out / runtime.METRICS_FILE).read_text("utf-8").splitlines()) if "reward" in line]
+    logged = [line for line in map(json.loads, (ours.out / outputs.METRICS_FILE).read_text("utf-8").splitlines()) if "reward" in line]
     ours_tokens = sum(line["response_length"] * PROMPTS * GROUP for line in logged)
-    bf16 = runtime.uses_bf16(config, "cpu" if not torch.cuda.is_available() else "cuda")
+    bf16 = devices.uses_bf16(config, "cpu" if not torch.cuda.is_available() else "cuda")
 
     tokenizer = load_tokenizer(sft)
     scorer = RewardScorer(rm)

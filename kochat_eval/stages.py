@@ -22,20 +22,25 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
+from kochat_data.repetition import repetition_metrics, split_units
 from kochat_data.schema import Kind
 from kochat_data.text import non_hangul_share
 from kochat_eval.judging import length_controlled_win_rate, paired_bootstrap_win_rate
-from kochat_data.repetition import repetition_metrics, split_units
 from kochat_eval.metrics import bootstrap_ci
+from kochat_train.devices import resolve_device
 from kochat_train.relevance_scorer import BUNDLED, optional_referee
 from kochat_train.reward_functions import parse_reward
 from kochat_train.rewards import RewardScorer
-from kochat_train.rollout import decoding_config, generate, response_logits, response_texts, token_logprobs
-from kochat_train.runtime import CONFIG_FILE
-from kochat_train.stage_data import dataset_prompts, load_stage_data
-from kochat_train.devices import resolve_device
-from kochat_train.template import Prompt, prompt_text
+from kochat_train.rollout import (
+    decoding_config,
+    generate,
+    response_logits,
+    response_texts,
+    token_logprobs,
+)
 from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
+from kochat_train.stage_data import dataset_prompts, load_stage_data
+from kochat_train.template import CONFIG_FILE, Prompt, prompt_text
 
 
 @dataclass

@@ -10,15 +10,30 @@ from pathlib import Path
 import datasets
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast, TrainerCallback, default_data_collator, set_seed
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+    default_data_collator,
+    set_seed,
+)
 
 from kochat_data.errors import UsageError
 from kochat_data.schema import Kind
 from kochat_train.objectives import unigram_perplexity
-from kochat_train.runtime import GuardedTrainer, StageResult, fit, prepare_output, save_stage, training_arguments
-from kochat_train.stage_data import load_stage_data, require_build_directory
+from kochat_train.outputs import StageResult, prepare_output, save_stage
 from kochat_train.stage_configs import BaseConfig
-from kochat_train.template import IGNORE_INDEX, KOCHATGPT_CHAT_TEMPLATE, PROMPT_TEMPLATE, encode_examples, render_prompt
+from kochat_train.stage_data import load_stage_data, require_build_directory
+from kochat_train.template import (
+    IGNORE_INDEX,
+    KOCHATGPT_CHAT_TEMPLATE,
+    PROMPT_TEMPLATE,
+    encode_examples,
+    render_prompt,
+)
+from kochat_train.training import GuardedTrainer, fit, training_arguments
 
 # pad is its own token so padding never looks like an end of text.
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}

@@ -10,7 +10,15 @@ import typing
 from pathlib import Path
 
 from kochat_train.config import TEMPLATES, field_type, resolve_config
-from kochat_train.stage_configs import BaseConfig, DPOConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
+from kochat_train.stage_configs import (
+    BaseConfig,
+    DPOConfig,
+    GRPOConfig,
+    PPOConfig,
+    RewardConfig,
+    RLOOConfig,
+    SFTConfig,
+)
 
 # (config, "module:function" imported only to run the stage, so that --help needs no torch, help)
 STAGES = {
@@ -89,9 +97,9 @@ def run_stage(args: argparse.Namespace) -> int:
     config = resolve_config(args.config_class, args.config, **overrides)
     import datasets
     import transformers
-    from kochat_data.console import make_console
 
-    from kochat_train.runtime import is_main_process
+    from kochat_data.console import make_console
+    from kochat_train.distributed import is_main_process
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()

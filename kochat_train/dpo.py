@@ -15,17 +15,30 @@ from collections.abc import Sequence
 import datasets
 import numpy as np
 import torch
-from transformers import DataCollatorForSeq2Seq, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
+from transformers import (
+    DataCollatorForSeq2Seq,
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    set_seed,
+)
 
 from kochat_data.schema import Kind
-from kochat_train import devices, runtime, stage_data
-from kochat_train.objectives import dpo_loss, pair_accuracies, rank_pairs, sequence_logprobs
+from kochat_train import devices, outputs, stage_data, stage_models, training
+from kochat_train.objectives import (
+    dpo_loss,
+    pair_accuracies,
+    rank_pairs,
+    sequence_logprobs,
+)
+from kochat_train.outputs import StageResult
 from kochat_train.rm import PAIR_COLUMNS, select_pairs
-from kochat_train.runtime import GuardedTrainer, StageResult
 from kochat_train.sft import sft_labels
 from kochat_train.sources import capped_length, load_causal_lm
 from kochat_train.stage_configs import DPOConfig
 from kochat_train.template import IGNORE_INDEX, encode_examples
+from kochat_train.training import GuardedTrainer
 
 
 def tokenize_preferences(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
@@ -139,12 +152,12 @@ def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     data["train"] = select_pairs(data["train"], config.pairs, config.judge_share)
     train_pairs = stage_data.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on")
     set_seed(config.seed)
-    tokenizer = runtime.stage_tokenizer(config, config.model)
+    tokenizer = stage_models.stage_tokenizer(config, config.model)
     policy = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config))
     reference = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config)).requires_grad_(False).eval()
-    runtime.disable_dropout(policy)  # at step 0 the implicit rewards are exactly 0
-    runtime.maybe_apply_lora(policy, config)  # a wrong --lora-targets is refused before --out is touched
-    resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
+    stage_models.disable_dropout(policy)  # at step 0 the implicit rewards are exactly 0
+    stage_models.maybe_apply_lora(policy, config)  # a wrong --lora-targets is refused before --out is touched
+    resume_from = outputs.prepare_output(config)  # only once the inputs are known to be good
     max_length = capped_length(config.max_length, policy)
     collate = PreferenceCollator(tokenizer)
     train_features = tokenize_preferences(train_pairs, tokenizer, max_length)
@@ -161,7 +174,7 @@ def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     reference_seconds = time.perf_counter() - started
     trainer = PreferenceTrainer(
         model=policy,
-        args=runtime.training_arguments(config, len(train_features), remove_unused_columns=False, evaluate=eval_features is not None),
+        args=training.training_arguments(config, len(train_features), remove_unused_columns=False, evaluate=eval_features is not None),
         train_dataset=train_features,
         eval_dataset=eval_features,
         data_collator=collate,
@@ -172,6 +185,6 @@ def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     )
     if reference is not None:
         trainer.reference = reference.to(trainer.args.device)
-    metrics = runtime.fit(trainer, config, "dpo", resume_from, callbacks)
+    metrics = training.fit(trainer, config, "dpo", resume_from, callbacks)
     metrics.update(train_pairs=len(train_pairs), reference_seconds=round(reference_seconds, 1))
-    return runtime.save_stage(policy, tokenizer, config, "dpo", metrics)
+    return outputs.save_stage(policy, tokenizer, config, "dpo", metrics)

@@ -15,11 +15,27 @@ from pathlib import Path
 import torch
 
 from kochat_data.progress import stderr_console
+from kochat_train import (
+    devices,
+    distributed,
+    online,
+    outputs,
+    sharding,
+    stage_models,
+    training,
+)
 from kochat_train import objectives as ops
-from kochat_train import devices, online, runtime, sharding
 from kochat_train.reward_functions import CompositeReward
 from kochat_train.rewards import RewardScorer
-from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, response_texts, token_logprobs
+from kochat_train.rollout import (
+    Rollout,
+    decoding_config,
+    entropy,
+    generate,
+    response_logits,
+    response_texts,
+    token_logprobs,
+)
 from kochat_train.sources import load_causal_lm
 from kochat_train.stage_configs import GRPOConfig, RLOOConfig
 
@@ -35,8 +51,8 @@ class GRPOTrainer:
         self.config = config
         device = devices.resolve_device(config.device)
         self.device = torch.device(device)
-        self.tokenizer = runtime.stage_tokenizer(config, config.sft)
-        runtime.init_distributed(device)
+        self.tokenizer = stage_models.stage_tokenizer(config, config.sft)
+        distributed.init_distributed(device)
         placement = sharding.distributed_config(config.sharding, config.offload, device, config.sft)
         self.actor = load_causal_lm(config.sft, self.tokenizer, devices.trained_dtype(config), placement)
         self.sharding = placement is not None  # every process then evaluates: a sharded forward is collective
@@ -44,11 +60,11 @@ class GRPOTrainer:
             sharding.prepare(self.actor)
         self.reward = CompositeReward(config.reward, device, judge=Path(config.judge) if config.judge else None)
         self.judge = RewardScorer(Path(config.judge), device) if config.judge else None
-        runtime.maybe_apply_lora(self.actor, config)
-        runtime.disable_dropout(self.actor)  # the ratio's two log-probs must come from the same function
+        stage_models.maybe_apply_lora(self.actor, config)
+        stage_models.disable_dropout(self.actor)  # the ratio's two log-probs must come from the same function
         self.actor.to(self.device)
         self.reference = online.frozen_reference(config, self.actor, self.tokenizer, device) if config.beta > 0 else None
-        runtime.broadcast_parameters([self.actor])
+        distributed.broadcast_parameters([self.actor])
         self.trainable = [p for p in self.actor.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
         sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p}
@@ -86,7 +102,7 @@ class GRPOTrainer:
                     logprobs = token_logprobs(response_logits(self.actor, rollout, config.temperature), rollout.response_ids)
                     rewards = rewards - config.beta * (ops.kl_k1(logprobs, batch["ref_logprobs"]) * mask).sum(dim=1)
         grouped = rewards.view(-1, config.group_size)
-        batch["advantages"] = ops.ADVANTAGES[config.advantage](grouped, total=runtime.all_reduce_sum).reshape(-1)
+        batch["advantages"] = ops.ADVANTAGES[config.advantage](grouped, total=distributed.all_reduce_sum).reshape(-1)
         stats = {"reward": scores.mean().item(), **components, "reward_std": grouped.std(dim=1).mean().item(),
                  "zero_std_groups": float(ops.zero_std_groups(grouped)), "response_length": mask.sum(dim=1).mean().item(),
                  "eos_rate": ended.float().mean().item()}
@@ -96,9 +112,9 @@ class GRPOTrainer:
         """`iterations` optimizer steps on the batch (in order: each step sees every answer, so `generator` is unused)."""
         self.actor.train()
         config = self.config
-        world = runtime.rank_and_world()[1]
+        world = distributed.rank_and_world()[1]
         loss_mask = batch["loss_mask"]
-        counted = runtime.all_reduce_sum(torch.stack([loss_mask.sum(), (loss_mask.sum(dim=1) > 0).float().sum()]))
+        counted = distributed.all_reduce_sum(torch.stack([loss_mask.sum(), (loss_mask.sum(dim=1) > 0).float().sum()]))
         totals = ops.BatchTotals(tokens=counted[0].item(), sequences=counted[1].item(), horizon=config.max_new_tokens)
         aggregate = ops.LOSS_AGGREGATIONS[config.loss_agg]
         parts = list(torch.arange(len(rollout.response_ids)).split(config.micro_batch_size))
@@ -124,8 +140,8 @@ class GRPOTrainer:
                         sums["kl"] += (ops.kl_k1(logprobs.detach(), batch["ref_logprobs"][rows]) * part.response_mask).sum().item()
                 # The parts' losses add up to the global batch's; gradients are averaged over processes, hence × world.
                 loss = aggregate(losses, mask, totals) * world
-                if runtime.all_reduce_sum((~torch.isfinite(loss)).float()) > 0:  # every process stops together
-                    raise runtime.TrainingDiverged(f"GRPO loss is {'not finite' if torch.isfinite(loss) else loss.item()}; "
+                if distributed.all_reduce_sum((~torch.isfinite(loss)).float()) > 0:  # every process stops together
+                    raise training.TrainingDiverged(f"GRPO loss is {'not finite' if torch.isfinite(loss) else loss.item()}; "
                                                    "stopped before that update")
                 loss.backward()
                 if iteration == config.iterations - 1:
@@ -133,7 +149,7 @@ class GRPOTrainer:
                     sums["clip_fraction"] += (clipped * mask).sum().item()
                     sums["entropy"] += (entropy(logits.detach()) * mask).sum().item()
             if not self.sharding:  # FSDP averages the gradients itself (reduce-scatter)
-                runtime.average_gradients(self.trainable)
+                distributed.average_gradients(self.trainable)
             torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
             self.optimizer.step()
         tokens = max(loss_mask.sum().item(), 1)
@@ -161,16 +177,16 @@ class GRPOTrainer:
         return state["step"]
 
 
-def train_grpo(config: GRPOConfig, stage: str = "grpo") -> runtime.StageResult:
+def train_grpo(config: GRPOConfig, stage: str = "grpo") -> outputs.StageResult:
     prompts, held_out, resume_from = online.stage_inputs(config, stage)
     trainer = GRPOTrainer(config)  # every model is loaded (or refused) before --out is touched
     online.open_output(config)
-    if trainer.reference is None and runtime.is_main_process():
+    if trainer.reference is None and distributed.is_main_process():
         stderr_console.print(f"{stage}: beta 0: no reference model loaded; the KL to SFT is neither penalised nor measured, "
                              "and its alarm is off", markup=False)
     metrics = online.run(trainer, config, stage, prompts, held_out, resume_from)
-    return runtime.save_stage(trainer.actor, trainer.tokenizer, config, stage, metrics)
+    return outputs.save_stage(trainer.actor, trainer.tokenizer, config, stage, metrics)
 
 
-def train_rloo(config: RLOOConfig) -> runtime.StageResult:
+def train_rloo(config: RLOOConfig) -> outputs.StageResult:
     return train_grpo(config, stage="rloo")

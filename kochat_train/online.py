@@ -24,12 +24,24 @@ from kochat_data.atomic import check_writable
 from kochat_data.errors import KochatError, UsageError
 from kochat_data.progress import progress_bar, stderr_console
 from kochat_data.schema import Kind
-from kochat_train import devices, runtime, stage_data
+from kochat_train import (
+    devices,
+    distributed,
+    outputs,
+    stage_data,
+    stage_models,
+    training,
+)
 from kochat_train.alarms import Thresholds, answer_signature, hacking_alarms
 from kochat_train.lora import WithoutLora
 from kochat_train.objectives import kl_k1
 from kochat_train.rewards import RewardScorer
-from kochat_train.rollout import generate, response_logits, response_texts, token_logprobs
+from kochat_train.rollout import (
+    generate,
+    response_logits,
+    response_texts,
+    token_logprobs,
+)
 from kochat_train.sources import load_causal_lm
 from kochat_train.stage_configs import OnlineRLConfig
 from kochat_train.template import Prompt
@@ -100,7 +112,7 @@ def evaluate_policy(actor, reference, tokenizer, prompts: list[str], config: Onl
 def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_out: list[str], resume_from: Path | None) -> dict[str, Any]:
     """Train from step 0, or from the checkpoint `resume_from`; returns the last step's metrics with the final
     held-out evaluation and every alarm that fired."""
-    rank, world = runtime.rank_and_world()
+    rank, world = distributed.rank_and_world()
     steps = config.max_steps if config.max_steps > 0 else online_steps(len(prompts), config.epochs, config.batch_size * world)
     if world > 1:  # the same weights everywhere, but each process samples its own responses
         torch.manual_seed(config.seed + RANK_SEED_STRIDE * rank)
@@ -109,17 +121,17 @@ def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_ou
     if resume_from is not None:
         # RNG states must stay CPU tensors; load_state_dict moves the weights to the models' device.
         start = trainer.load_state(torch.load(resume_from, map_location="cpu", weights_only=False))
-        if runtime.is_main_process():
-            runtime.drop_metrics_after(out / runtime.METRICS_FILE, start)
-            (out / runtime.STAGE_FILE).unlink(missing_ok=True)
-    runtime.write_config(out, stage, config)
-    if not config.eval_every and runtime.is_main_process():
+        if distributed.is_main_process():
+            outputs.drop_metrics_after(out / outputs.METRICS_FILE, start)
+            (out / outputs.STAGE_FILE).unlink(missing_ok=True)
+    outputs.write_config(out, stage, config)
+    if not config.eval_every and distributed.is_main_process():
         stderr_console.print(f"{stage}: reward-hacking alarms off (--eval-every 0: no held-out answers to watch)", markup=False)
     watch = _Watch(trainer, config, stage, held_out, out)
     generator = torch.Generator().manual_seed(config.seed)
     started, last = time.perf_counter(), {}
-    tracker = open_tracker(config.report_to, out, stage, config.to_json()) if runtime.is_main_process() else None
-    with progress_bar(enabled=runtime.is_main_process()) as progress, closing_tracker(tracker):
+    tracker = open_tracker(config.report_to, out, stage, config.to_json()) if distributed.is_main_process() else None
+    with progress_bar(enabled=distributed.is_main_process()) as progress, closing_tracker(tracker):
         task = progress.add_task(f"train {stage}", total=steps, completed=start)
         if config.eval_every:
             watch.begin(start, tracker)
@@ -130,13 +142,13 @@ def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_ou
             rollout, batch, stats = trainer.rollout(mine)
             try:
                 stats.update(trainer.update(rollout, batch, generator))
-            except runtime.TrainingDiverged as err:
-                raise runtime.TrainingDiverged(f"{err} at step {step + 1}; {_kept(out, stage)}") from None
-            stats = runtime.mean_over_processes(stats)
+            except training.TrainingDiverged as err:
+                raise training.TrainingDiverged(f"{err} at step {step + 1}; {_kept(out, stage)}") from None
+            stats = distributed.mean_over_processes(stats)
             trainer.after_step(stats, rollouts=len(rollout.response_ids) * world)
             last = {"stage": stage, "step": step + 1, **stats}
-            if runtime.is_main_process():
-                runtime.append_metrics(out / runtime.METRICS_FILE, last)
+            if distributed.is_main_process():
+                outputs.append_metrics(out / outputs.METRICS_FILE, last)
             if tracker:
                 tracker.log(stats, step + 1)
                 if step % config.logging_steps == 0:  # what the scores mean: a few of this step's answers
@@ -149,7 +161,7 @@ def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_ou
             alarms = watch.check(step + 1, tracker) if config.eval_every and ((step + 1) % config.eval_every == 0 or step + 1 == steps) else []
             if (step + 1) % config.save_steps == 0 or step + 1 == steps or (alarms and config.stop_on_hacking):
                 state = trainer.state(step + 1)
-                if runtime.is_main_process():
+                if distributed.is_main_process():
                     save_state(out, stage, state, config.save_total_limit)
             if alarms and config.stop_on_hacking:
                 raise RewardHacking(f"{stage}: stopped at step {step + 1} (--stop-on-hacking): {alarms[0]}; {_kept(out, stage)}")
@@ -173,8 +185,8 @@ class _Watch:
         if start == 0:
             self.baseline = self._evaluate(0, tracker)
         else:  # resumed: the start's evaluation and the alarms so far are in metrics.jsonl
-            logged_by_rank_0 = _logged_watch(self.out / runtime.METRICS_FILE) if runtime.is_main_process() else None
-            self.baseline, logged = runtime.gather_objects(logged_by_rank_0)[0]
+            logged_by_rank_0 = _logged_watch(self.out / outputs.METRICS_FILE) if distributed.is_main_process() else None
+            self.baseline, logged = distributed.gather_objects(logged_by_rank_0)[0]
             for step, alarms in logged:
                 self._keep(step, alarms, show=False)
 
@@ -183,29 +195,29 @@ class _Watch:
         scores = self._evaluate(step, tracker)
         self.scores = scores or self.scores
         alarms = hacking_alarms(self.baseline, scores, Thresholds.of(self.config)) if scores and self.baseline else {}
-        alarms = runtime.gather_objects(alarms)[0]  # rank 0 evaluates; every process stops together
+        alarms = distributed.gather_objects(alarms)[0]  # rank 0 evaluates; every process stops together
         self._keep(step, alarms, show=True)
-        if alarms and runtime.is_main_process():
-            runtime.append_metrics(self.out / runtime.METRICS_FILE, {"stage": self.stage, "step": step, "alarms": alarms})
+        if alarms and distributed.is_main_process():
+            outputs.append_metrics(self.out / outputs.METRICS_FILE, {"stage": self.stage, "step": step, "alarms": alarms})
         return list(alarms.values())
 
     def _keep(self, step: int, alarms: dict[str, str], show: bool) -> None:
         for kind, alarm in alarms.items():
             if kind not in self.fired:
                 self.fired[kind] = f"warning: {self.stage} step {step}: {alarm}"
-                if show and runtime.is_main_process():
+                if show and distributed.is_main_process():
                     stderr_console.print(self.fired[kind], markup=False)
 
     def _evaluate(self, step: int, tracker: Tracker | None) -> dict[str, float]:
         """Rank 0 answers the held-out prompts and logs the scores with the step; with a sharded policy every process
         answers them alike (its forwards are collective)."""
         everyone = getattr(self.trainer, "sharding", False)
-        scores = self.trainer.evaluate(self.prompts) if everyone or runtime.is_main_process() else {}
-        if scores and runtime.is_main_process():
-            runtime.append_metrics(self.out / runtime.METRICS_FILE, {"stage": self.stage, "step": step, **scores})
+        scores = self.trainer.evaluate(self.prompts) if everyone or distributed.is_main_process() else {}
+        if scores and distributed.is_main_process():
+            outputs.append_metrics(self.out / outputs.METRICS_FILE, {"stage": self.stage, "step": step, **scores})
             if tracker:
                 tracker.log(scores, step)
-        runtime.barrier()
+        distributed.barrier()
         return scores
 
 
@@ -221,7 +233,7 @@ def _logged_watch(path: Path) -> tuple[dict[str, float], list[tuple[int, dict[st
 
 
 def save_state(out: Path, stage: str, state: dict, keep: int) -> None:
-    directory = out / runtime.CHECKPOINTS / f"checkpoint-{state['step']}"
+    directory = out / outputs.CHECKPOINTS / f"checkpoint-{state['step']}"
     directory.mkdir(parents=True, exist_ok=True)
     name = state_file(stage)
     partial = directory / (name + ".partial")
@@ -236,7 +248,7 @@ def state_file(stage: str) -> str:
 
 
 def checkpoints(out: Path, stage: str) -> list[Path]:
-    found = [p for p in (out / runtime.CHECKPOINTS).glob("checkpoint-*") if (p / state_file(stage)).exists()]
+    found = [p for p in (out / outputs.CHECKPOINTS).glob("checkpoint-*") if (p / state_file(stage)).exists()]
     return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
 
 
@@ -259,10 +271,10 @@ def stage_inputs(config: OnlineRLConfig, stage: str) -> tuple[list[Prompt], list
                 if config.eval_every else [])[: config.eval_prompts]
     resume_from = last_state(Path(config.out), stage) if config.resume else None
     if config.resume and resume_from is None:
-        raise UsageError(f"{config.out}: nothing to resume (no {state_file(stage)} under {Path(config.out) / runtime.CHECKPOINTS})")
+        raise UsageError(f"{config.out}: nothing to resume (no {state_file(stage)} under {Path(config.out) / outputs.CHECKPOINTS})")
     if not config.resume:
         check_writable(Path(config.out), config.overwrite)
-    runtime.init_distributed(devices.resolve_device(config.device))
+    distributed.init_distributed(devices.resolve_device(config.device))
     set_seed(config.seed)
     return prompts, held_out, resume_from
 
@@ -273,15 +285,15 @@ def frozen_reference(config: OnlineRLConfig, actor, tokenizer, device: str):
     if config.lora_rank > 0:
         return WithoutLora(actor)
     reference = load_causal_lm(config.sft, tokenizer, dtype=devices.frozen_dtype(config, device)).requires_grad_(False).eval()
-    runtime.disable_dropout(reference)
+    stage_models.disable_dropout(reference)
     return reference.to(device)
 
 
 def open_output(config: OnlineRLConfig) -> None:
     """Once every model has loaded (or been refused): a fresh --out, and the off-policy warning if it applies."""
     if not config.resume:
-        runtime.prepare_output(config)
-    if config.truncates_sampling() and runtime.is_main_process():
+        outputs.prepare_output(config)
+    if config.truncates_sampling() and distributed.is_main_process():
         stderr_console.print(f"warning: top_k={config.top_k}, top_p={config.top_p}: rollouts come from a truncated distribution "
                              "while the updates optimise the full (tempered) one, so they are off-policy", markup=False)
 
@@ -289,12 +301,12 @@ def open_output(config: OnlineRLConfig) -> None:
 def rng_states(device: torch.device) -> dict[str, list]:
     """Every process's sampling RNG, for a checkpoint (a collective call)."""
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"torch_rng": runtime.gather_objects(torch.get_rng_state()), "cuda_rng": runtime.gather_objects(cuda_rng)}
+    return {"torch_rng": distributed.gather_objects(torch.get_rng_state()), "cuda_rng": distributed.gather_objects(cuda_rng)}
 
 
 def restore_rng(state: dict, device: torch.device, seed: int) -> None:
     """This process's sampling RNG as the checkpoint left it; on another number of processes, fresh seeded streams."""
-    rank, world = runtime.rank_and_world()
+    rank, world = distributed.rank_and_world()
     if len(state["torch_rng"]) == world:
         torch.set_rng_state(state["torch_rng"][rank])
         cuda_rng = state.get("cuda_rng", [None] * world)[rank]

@@ -13,12 +13,20 @@ from pathlib import Path
 import torch
 
 from kochat_data.progress import stderr_console
+from kochat_train import devices, distributed, online, outputs, stage_models, training
 from kochat_train import objectives as ops
-from kochat_train import devices, online, runtime
 from kochat_train.lora import merge_lora
-from kochat_train.rm import ScalarRewardModel
-from kochat_train.rollout import Rollout, decoding_config, entropy, generate, response_logits, response_texts, token_logprobs
 from kochat_train.rewards import RewardScorer
+from kochat_train.rm import ScalarRewardModel
+from kochat_train.rollout import (
+    Rollout,
+    decoding_config,
+    entropy,
+    generate,
+    response_logits,
+    response_texts,
+    token_logprobs,
+)
 from kochat_train.sources import init_reward_model, load_causal_lm, load_reward_model
 from kochat_train.stage_configs import PPOConfig
 
@@ -37,7 +45,7 @@ class PPOTrainer:
         self.config = config
         device = devices.resolve_device(config.device)
         self.device = torch.device(device)
-        self.tokenizer = runtime.stage_tokenizer(config, config.sft)
+        self.tokenizer = stage_models.stage_tokenizer(config, config.sft)
         self.actor = load_causal_lm(config.sft, self.tokenizer, devices.trained_dtype(config))
         # Rewards are read from text (`RewardScorer`), so the RM and the judge may have tokenizers of their own.
         self.reward_model = RewardScorer(Path(config.rm), device)
@@ -46,14 +54,14 @@ class PPOTrainer:
         dtype = devices.trained_dtype(config)
         self.critic = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer, dtype) if self.critic_source == config.rm
                                         else init_reward_model(config.sft, self.tokenizer, dtype))
-        runtime.maybe_apply_lora(self.actor, config)
-        runtime.maybe_apply_lora(self.critic.model, config, heads=("score",))
+        stage_models.maybe_apply_lora(self.actor, config)
+        stage_models.maybe_apply_lora(self.critic.model, config, heads=("score",))
         for model in (self.actor, self.critic, self.reward_model.model, self.judge and self.judge.model):
             if model is not None:
-                runtime.disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
+                stage_models.disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
                 model.to(self.device)
         self.reference = online.frozen_reference(config, self.actor, self.tokenizer, device)
-        runtime.broadcast_parameters([self.actor, self.critic])
+        distributed.broadcast_parameters([self.actor, self.critic])
         groups = [[p for p in model.parameters() if p.requires_grad] for model in (self.actor, self.critic)]
         self.trainable = [p for group in groups for p in group]
         critic_lr = config.critic_learning_rate or 2 * config.learning_rate
@@ -96,7 +104,7 @@ class PPOTrainer:
         penalised = scores - self.config.missing_eos_penalty * (~ended).float()
         rewards = ops.kl_penalised_rewards(penalised, logprobs, ref_logprobs, mask, self.kl_coef)
         advantages, returns = ops.gae(rewards, values * mask, mask, self.config.gamma, self.config.lam)
-        whitened = ops.whiten(advantages, mask, total=runtime.all_reduce_sum)  # over the global batch under torchrun
+        whitened = ops.whiten(advantages, mask, total=distributed.all_reduce_sum)  # over the global batch under torchrun
         batch = {"logprobs": logprobs, "values": values * mask, "advantages": whitened, "returns": returns, "scores": scores}
         kl = (ops.kl_k1(logprobs, ref_logprobs) * mask).sum(dim=1)
         stats = {
@@ -119,7 +127,7 @@ class PPOTrainer:
         self.actor.train()
         self.critic.train()
         config, size = self.config, len(rollout.response_ids)
-        world = runtime.rank_and_world()[1]
+        world = distributed.rank_and_world()[1]
         totals: dict[str, float] = {}
         updates = 0
         for _ in range(config.ppo_epochs):
@@ -136,13 +144,13 @@ class PPOTrainer:
                 # Token-weighted over the global mini-batch, as one process would weigh it, once
                 # gradients are averaged over processes (exactly 1 without torchrun).
                 tokens = mask.sum()
-                share = tokens * world / runtime.all_reduce_sum(tokens).clamp(min=1)
+                share = tokens * world / distributed.all_reduce_sum(tokens).clamp(min=1)
                 loss = (policy_loss + config.value_coef * value_loss) * share
-                if runtime.all_reduce_sum((~torch.isfinite(loss)).float()) > 0:  # every process stops together
-                    raise runtime.TrainingDiverged(f"PPO loss is {'not finite' if torch.isfinite(loss) else loss.item()}; stopped before that update")
+                if distributed.all_reduce_sum((~torch.isfinite(loss)).float()) > 0:  # every process stops together
+                    raise training.TrainingDiverged(f"PPO loss is {'not finite' if torch.isfinite(loss) else loss.item()}; stopped before that update")
                 self.optimizer.zero_grad()
                 loss.backward()
-                runtime.average_gradients(self.trainable)
+                distributed.average_gradients(self.trainable)
                 torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
                 self.optimizer.step()
                 step_stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
@@ -174,16 +182,16 @@ class PPOTrainer:
         return state["step"]
 
 
-def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> runtime.StageResult:
+def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> outputs.StageResult:
     prompts, held_out, resume_from = online.stage_inputs(config, "ppo")
     trainer = PPOTrainer(config, score_fn)  # every model is loaded (or refused) before --out is touched
     online.open_output(config)
-    if trainer.critic_source != config.rm and runtime.is_main_process():
+    if trainer.critic_source != config.rm and distributed.is_main_process():
         stderr_console.print(f"critic: from {config.sft} with a new value head ({config.rm} cannot serve as a critic: it does not "
                              "read the policy's tokens one by one)", markup=False)
     metrics = online.run(trainer, config, "ppo", prompts, held_out, resume_from)
-    result = runtime.save_stage(trainer.actor, trainer.tokenizer, config, "ppo", metrics)
+    result = outputs.save_stage(trainer.actor, trainer.tokenizer, config, "ppo", metrics)
     merge_lora(trainer.critic.model)
-    if runtime.is_main_process():
+    if distributed.is_main_process():
         trainer.critic.model.save_pretrained(Path(config.out) / "critic")
     return result

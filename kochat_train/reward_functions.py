@@ -18,8 +18,7 @@ from pathlib import Path
 from kochat_data.errors import UsageError
 from kochat_data.repetition import has_loop, seq_rep_n
 from kochat_data.text import hangul_shares, prompt_overlap
-from kochat_train.runtime import CONFIG_FILE
-from kochat_train.template import Prompt, prompt_text
+from kochat_train.template import CONFIG_FILE, Prompt, prompt_text
 
 # prompts, responses, ended (stopped by EOS, not cut at max_new_tokens) → one reward per response
 Component = Callable[[Sequence[str], Sequence[str], Sequence[bool]], list[float]]

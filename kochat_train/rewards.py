@@ -15,11 +15,15 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from kochat_data.errors import UsageError
-from kochat_train.rm import ScalarRewardModel
-from kochat_train.runtime import CONFIG_FILE
 from kochat_train.devices import resolve_device
-from kochat_train.sources import capped_length, inference_dtype, load_reward_model, load_tokenizer
-from kochat_train.template import Prompt, encoder_reading, reward_inputs
+from kochat_train.rm import ScalarRewardModel
+from kochat_train.sources import (
+    capped_length,
+    inference_dtype,
+    load_reward_model,
+    load_tokenizer,
+)
+from kochat_train.template import CONFIG_FILE, Prompt, encoder_reading, reward_inputs
 
 DEFAULT_MAX_LENGTH = 256  # for a reward model that does not say what it was trained with
 

@@ -9,17 +9,48 @@ import datasets
 import numpy as np
 import torch
 from torch import nn
-from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
+from transformers import (
+    DataCollatorWithPadding,
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    set_seed,
+)
 
-from kochat_data.schema import Kind
-from kochat_data.schema import PROMPT_MESSAGES
+from kochat_data.schema import PROMPT_MESSAGES, Kind
 from kochat_data.split import judge_prompt_ids
-from kochat_train.objectives import last_token_index, pair_accuracies, pairwise_loss, positions_from_mask, rank_pairs
-from kochat_train import devices, runtime, stage_data
-from kochat_train.runtime import GuardedTrainer, StageResult
-from kochat_train.sources import REWARD_HEADS, capped_length, init_reward_model, reads_pairs, with_distinct_pad
+from kochat_train import (
+    devices,
+    distributed,
+    outputs,
+    stage_data,
+    stage_models,
+    training,
+)
+from kochat_train.objectives import (
+    last_token_index,
+    pair_accuracies,
+    pairwise_loss,
+    positions_from_mask,
+    rank_pairs,
+)
+from kochat_train.outputs import StageResult
+from kochat_train.sources import (
+    REWARD_HEADS,
+    capped_length,
+    init_reward_model,
+    reads_pairs,
+    with_distinct_pad,
+)
 from kochat_train.stage_configs import RewardConfig
-from kochat_train.template import EncoderReading, encoder_reading, reward_inputs, write_encoder_reading
+from kochat_train.template import (
+    EncoderReading,
+    encoder_reading,
+    reward_inputs,
+    write_encoder_reading,
+)
+from kochat_train.training import GuardedTrainer
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "chosen_rank", "rejected_rank"]
 
@@ -153,11 +184,11 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
         train_pairs = datasets.concatenate_datasets([train_pairs.select_columns(PAIR_COLUMNS + [PROMPT_MESSAGES]),
                                                      relevance_negatives(train_pairs, config.relevance_negatives, config.seed)])
     set_seed(config.seed)  # before the new score head is initialised
-    tokenizer = with_distinct_pad(runtime.stage_tokenizer(config, config.model))
+    tokenizer = with_distinct_pad(stage_models.stage_tokenizer(config, config.model))
     backbone = init_reward_model(config.model, tokenizer, devices.trained_dtype(config))
     # A wrong --lora-targets is refused before --out is touched.
-    runtime.maybe_apply_lora(backbone, config, heads=tuple(head for head in REWARD_HEADS if hasattr(backbone, head)))
-    resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
+    stage_models.maybe_apply_lora(backbone, config, heads=tuple(head for head in REWARD_HEADS if hasattr(backbone, head)))
+    resume_from = outputs.prepare_output(config)  # only once the inputs are known to be good
     if config.freeze_embeddings:
         backbone.get_input_embeddings().requires_grad_(False)
     reading = encoder_reading(config.model) if reads_pairs(backbone) else None
@@ -165,15 +196,15 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     eval_dataset = tokenize_pairs(data["eval"], tokenizer, max_length, reading) if len(data["eval"]) else None
     trainer = RewardTrainer(
         model=ScalarRewardModel(backbone),
-        args=runtime.training_arguments(config, len(train_pairs), remove_unused_columns=False, evaluate=eval_dataset is not None),
+        args=training.training_arguments(config, len(train_pairs), remove_unused_columns=False, evaluate=eval_dataset is not None),
         train_dataset=tokenize_pairs(train_pairs, tokenizer, max_length, reading),
         eval_dataset=eval_dataset,
         data_collator=PairCollator(tokenizer),
         processing_class=tokenizer,
         compute_metrics=pair_metrics,
     )
-    metrics = runtime.fit(trainer, config, "rm", resume_from, callbacks)
+    metrics = training.fit(trainer, config, "rm", resume_from, callbacks)
     metrics["train_pairs"] = len(train_pairs)
-    if reading is not None and runtime.is_main_process():
+    if reading is not None and distributed.is_main_process():
         write_encoder_reading(Path(config.out), reading)
-    return runtime.save_stage(backbone, tokenizer, config, "rm", metrics, reads_template=reading is None)
+    return outputs.save_stage(backbone, tokenizer, config, "rm", metrics, reads_template=reading is None)

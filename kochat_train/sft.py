@@ -5,14 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import datasets
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, TrainerCallback, set_seed
+from transformers import (
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    set_seed,
+)
 
 from kochat_data.schema import Kind
-from kochat_train import devices, runtime, stage_data
-from kochat_train.runtime import GuardedTrainer, StageResult
+from kochat_train import devices, outputs, stage_data, stage_models, training
+from kochat_train.outputs import StageResult
 from kochat_train.sources import capped_length, load_causal_lm
 from kochat_train.stage_configs import SFTConfig
 from kochat_train.template import IGNORE_INDEX, encode_examples
+from kochat_train.training import GuardedTrainer
 
 
 def sft_labels(input_ids: list[int], response_start: int) -> list[int]:
@@ -36,21 +42,21 @@ def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     data = stage_data.load_stage_data(config.data, Kind.SFT, ["prompt", "completion"], "kochat train sft")
     train_rows = stage_data.require_rows(data, "train", config.data, Kind.SFT, "nothing to train on")
     set_seed(config.seed)
-    tokenizer = runtime.stage_tokenizer(config, config.model)
+    tokenizer = stage_models.stage_tokenizer(config, config.model)
     model = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config))
-    runtime.maybe_apply_lora(model, config)  # a wrong --lora-targets is refused before --out is touched
-    resume_from = runtime.prepare_output(config)  # only once the inputs are known to be good
+    stage_models.maybe_apply_lora(model, config)  # a wrong --lora-targets is refused before --out is touched
+    resume_from = outputs.prepare_output(config)  # only once the inputs are known to be good
     max_length = capped_length(config.max_length, model)
     eval_dataset = tokenize_sft(data["eval"], tokenizer, max_length) if len(data["eval"]) else None
     trainer = GuardedTrainer(
         model=model,
-        args=runtime.training_arguments(config, len(train_rows), evaluate=eval_dataset is not None),
+        args=training.training_arguments(config, len(train_rows), evaluate=eval_dataset is not None),
         train_dataset=tokenize_sft(train_rows, tokenizer, max_length),
         eval_dataset=eval_dataset,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
         processing_class=tokenizer,
     )
     # Where the starting model stands on the held-out answers: the baseline fine-tuning must beat.
-    start = {"start_eval_loss": runtime.held_out_loss(trainer)} if eval_dataset is not None else {}
-    metrics = runtime.fit(trainer, config, "sft", resume_from, callbacks)
-    return runtime.save_stage(model, tokenizer, config, "sft", {**metrics, **start})
+    start = {"start_eval_loss": training.held_out_loss(trainer)} if eval_dataset is not None else {}
+    metrics = training.fit(trainer, config, "sft", resume_from, callbacks)
+    return outputs.save_stage(model, tokenizer, config, "sft", {**metrics, **start})

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from kochat_data.reading import render_dialogue
-from kochat_train.runtime import disable_dropout
+from kochat_train.stage_models import disable_dropout
 from kochat_train.template import KOCHATGPT_CHAT_TEMPLATE, render_prompt
 
 

@@ -12,8 +12,8 @@ import torch
 
 from kochat_data.build import BuildConfig, build
 from kochat_data.errors import UsageError
+from kochat_train.outputs import last_complete_checkpoint
 from kochat_train.ppo import PPOConfig, train_ppo
-from kochat_train.runtime import last_complete_checkpoint
 from kochat_train.sft import SFTConfig, train_sft
 from tests.conftest import TINY, write_array
 from tests.test_build import tree_digest

@@ -5,13 +5,23 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    set_seed,
+)
 
 from kochat_train.online import online_steps, prompt_batch
 from kochat_train.ppo import PPOConfig, PPOTrainer, train_ppo
-from kochat_train.rollout import Rollout, decoding_config, generate, response_logits, token_logprobs
-from kochat_train.runtime import TrainingDiverged
+from kochat_train.rollout import (
+    Rollout,
+    decoding_config,
+    generate,
+    response_logits,
+    token_logprobs,
+)
 from kochat_train.sources import load_causal_lm, load_tokenizer
+from kochat_train.training import TrainingDiverged
 
 PROMPTS = ["안녕", "오늘 저녁 메뉴로 뭐가 좋을까요? 추천해 주세요", "주말에 뭐 해?"]
 

@@ -5,13 +5,24 @@ import json
 import datasets
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, EvalPrediction
-
 from conftest import TINY
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    EvalPrediction,
+)
+
 from kochat_data.errors import UsageError
 from kochat_data.schema import Kind
 from kochat_train.base import Corpus, pack_blocks
-from kochat_train.rm import PairCollator, RewardConfig, ScalarRewardModel, pair_metrics, tokenize_pairs, train_rm
+from kochat_train.rm import (
+    PairCollator,
+    RewardConfig,
+    ScalarRewardModel,
+    pair_metrics,
+    tokenize_pairs,
+    train_rm,
+)
 from kochat_train.sft import SFTConfig, train_sft
 from kochat_train.sources import init_reward_model, load_reward_model, load_tokenizer
 from kochat_train.template import PROMPT_TEMPLATE, encode_examples, render_prompt
@@ -163,8 +174,8 @@ def test_relevance_negatives_pair_each_best_answer_with_other_prompts_best_answe
 def test_sft_records_where_the_starting_model_stood_as_its_trainer_measures_it(tiny_base, sample_data, tmp_path):
     from transformers import DataCollatorForSeq2Seq, Trainer
 
-    from kochat_train.runtime import training_arguments
     from kochat_train.sft import IGNORE_INDEX, tokenize_sft
+    from kochat_train.training import training_arguments
 
     config = SFTConfig(data=sample_data, out=tmp_path / "sft", model=str(tiny_base), max_steps=2, **{**TINY, "eval_batch_size": 4})
     result = train_sft(config)

@@ -5,15 +5,22 @@ import json
 import datasets
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, TrainerCallback
-
 from conftest import TINY
-from kochat_train.rm import ScalarRewardModel
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2TokenizerFast,
+    TrainerCallback,
+)
+
 from kochat_train.lora import apply_lora
-from kochat_train.runtime import TrainingDiverged, drop_metrics_after, planned_steps, training_arguments
+from kochat_train.outputs import drop_metrics_after
+from kochat_train.rm import ScalarRewardModel
 from kochat_train.sft import SFTConfig, tokenize_sft, train_sft
 from kochat_train.sources import init_reward_model, load_tokenizer
+from kochat_train.training import TrainingDiverged, planned_steps, training_arguments
 
 # bf16 autocast may move an eval loss by this share of it (on the shared data, SFT: 0.0005; the tiny model here: 1e-6).
 BF16_LOSS_TOLERANCE = 0.001
@@ -185,7 +192,12 @@ def test_resume_forgets_a_metrics_line_torn_by_a_kill(tmp_path):
 
 def test_auto_precision_is_bf16_on_a_native_bf16_cpu_in_every_stage_but_the_rm(monkeypatch):
     from kochat_train import devices
-    from kochat_train.stage_configs import BaseConfig, DPOConfig, PPOConfig, RewardConfig
+    from kochat_train.stage_configs import (
+        BaseConfig,
+        DPOConfig,
+        PPOConfig,
+        RewardConfig,
+    )
 
     for native in (True, False):
         monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)

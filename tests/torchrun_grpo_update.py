@@ -6,14 +6,14 @@ import sys
 
 import torch
 
-from kochat_train import runtime
+from kochat_train import distributed, outputs
 from kochat_train.grpo import GRPOConfig, GRPOTrainer
 from kochat_train.rollout import Rollout
 
 
 def main(sft: str, data: str, saved_batch: str, out: str, micro_batch_size: int, sharding: str = "none") -> None:
-    runtime.init_distributed("cpu")
-    rank, world = runtime.rank_and_world()
+    distributed.init_distributed("cpu")
+    rank, world = distributed.rank_and_world()
     config = GRPOConfig(data=data, out=out, sft=sft, reward=["tests.test_grpo:short_answers"], group_size=4, advantage="batch",
                         micro_batch_size=micro_batch_size, iterations=2, beta=0.1, mask_truncated=True, max_new_tokens=12,
                         learning_rate=1e-2, precision="fp32", device="cpu", sharding=sharding)
@@ -24,7 +24,7 @@ def main(sft: str, data: str, saved_batch: str, out: str, micro_batch_size: int,
     part = Rollout(*(getattr(saved["rollout"], key)[rows] for key in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "ended")))
     batch, _ = trainer.assess(saved["prompts"][rank * share : (rank + 1) * share], part)
     trainer.update(part, batch)
-    runtime.save_model(trainer.actor, out)  # every process, when sharded
+    outputs.save_model(trainer.actor, out)  # every process, when sharded
 
 
 if __name__ == "__main__":
