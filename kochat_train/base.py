@@ -22,6 +22,7 @@ from transformers import (
 
 from kochat_data.errors import UsageError
 from kochat_data.schema import Kind
+from kochat_train import sharding, stage_models
 from kochat_train.objectives import unigram_perplexity
 from kochat_train.outputs import StageResult, prepare_output, save_stage
 from kochat_train.stage_configs import BaseConfig
@@ -152,11 +153,15 @@ def train_base(config: BaseConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     tokenizer = train_tokenizer(train_corpus.strings(), config.vocab_size, config.min_frequency)
     train_blocks = pack_blocks(train_corpus.token_ids(tokenizer), config.max_length)
     eval_blocks = pack_blocks(eval_corpus.token_ids(tokenizer), config.max_length) if len(eval_corpus) else None
-    model = GPT2LMHeadModel(GPT2Config(
+    model_config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=config.max_length, n_embd=config.n_embd, n_layer=config.n_layer,
         n_head=config.n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    ))
+    )
+    model = GPT2LMHeadModel(model_config)
+    where = stage_models.placement(config, model_config)
+    if where is not None:
+        model = stage_models.prepared(sharding.shard_in_memory(model, where), where)
     trainer = GuardedTrainer(
         model=model,
         args=training_arguments(config, len(train_blocks[0]), evaluate=eval_blocks is not None),

@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 WEIGHT_DTYPES = ("fp32", "bf16")
 TEMPLATES = ("kochatgpt", "chat", "raw")
+SHARDINGS = ("none", "fsdp")  # kochat_train.sharding
 
 Config = TypeVar("Config", bound="TrainConfig")
 
@@ -82,6 +83,10 @@ class TrainConfig:
                           "device that computes bf16 natively (half the memory, coarser updates); the frozen reference follows it")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass instead of keeping them: less "
                                           "memory, about a third more compute")
+    sharding: str = option("none", "none, or fsdp: under torchrun, the trained model's weights, gradients and AdamW state split "
+                           "over the processes (FSDP2, loaded sharded by transformers, each transformer block a unit; frozen "
+                           "models stay whole)")
+    offload: bool = option(False, "with --sharding fsdp on CUDA: keep the shards of parameters and optimizer state in CPU memory")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps")
     precision: str = option("auto", "auto: bf16 autocast on a CUDA GPU that has bf16 (fp16 on one without), and in every stage but "
                             "the RM on a CPU with native bf16 (avx512_bf16 or AMX: 1.3–1.55× faster, same results), fp32 elsewhere; "
@@ -123,6 +128,12 @@ class TrainConfig:
             found.append(f"'lora_rank' must be ≥ 0, got {self.lora_rank}")
         if not 0 <= self.lora_dropout < 1:
             found.append(f"'lora_dropout' must be in [0, 1), got {self.lora_dropout}")
+        if self.sharding not in SHARDINGS:
+            found.append(f"'sharding' must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
+        elif self.sharding == "fsdp" and self.lora_rank > 0:
+            found.append("'sharding' fsdp with LoRA is not supported: LoRA already keeps the trained state small (drop one of them)")
+        if self.offload and self.sharding != "fsdp":
+            found.append("'offload' needs --sharding fsdp")
         if self.device not in DEVICES:
             found.append(f"'device' must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in PRECISIONS:

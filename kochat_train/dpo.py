@@ -153,7 +153,7 @@ def train_dpo(config: DPOConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     train_pairs = stage_data.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on")
     set_seed(config.seed)
     tokenizer = stage_models.stage_tokenizer(config, config.model)
-    policy = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config))
+    policy = stage_models.trained_causal_lm(config, config.model, tokenizer)
     reference = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config)).requires_grad_(False).eval()
     stage_models.disable_dropout(policy)  # at step 0 the implicit rewards are exactly 0
     stage_models.maybe_apply_lora(policy, config)  # a wrong --lora-targets is refused before --out is touched

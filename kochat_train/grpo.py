@@ -36,7 +36,6 @@ from kochat_train.rollout import (
     response_texts,
     token_logprobs,
 )
-from kochat_train.sources import load_causal_lm
 from kochat_train.stage_configs import GRPOConfig, RLOOConfig
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "RLOOConfig", "train_grpo", "train_rloo"]
@@ -52,12 +51,8 @@ class GRPOTrainer:
         device = devices.resolve_device(config.device)
         self.device = torch.device(device)
         self.tokenizer = stage_models.stage_tokenizer(config, config.sft)
-        distributed.init_distributed(device)
-        placement = sharding.distributed_config(config.sharding, config.offload, device, config.sft)
-        self.actor = load_causal_lm(config.sft, self.tokenizer, devices.trained_dtype(config), placement)
-        self.sharding = placement is not None  # every process then evaluates: a sharded forward is collective
-        if self.sharding:
-            sharding.prepare(self.actor)
+        self.actor = stage_models.trained_causal_lm(config, config.sft, self.tokenizer)
+        self.sharding = sharding.is_sharded(self.actor)  # every process then evaluates: a sharded forward is collective
         self.reward = CompositeReward(config.reward, device, judge=Path(config.judge) if config.judge else None)
         self.judge = RewardScorer(Path(config.judge), device) if config.judge else None
         stage_models.maybe_apply_lora(self.actor, config)
@@ -148,9 +143,11 @@ class GRPOTrainer:
                     sums["policy_loss"] += loss.item()  # averaged over processes: the global loss
                     sums["clip_fraction"] += (clipped * mask).sum().item()
                     sums["entropy"] += (entropy(logits.detach()) * mask).sum().item()
-            if not self.sharding:  # FSDP averages the gradients itself (reduce-scatter)
+            if self.sharding:  # FSDP averaged the gradients itself (reduce-scatter)
+                sharding.clip_grad_norm([self.actor], config.max_grad_norm)
+            else:
                 distributed.average_gradients(self.trainable)
-            torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
             self.optimizer.step()
         tokens = max(loss_mask.sum().item(), 1)
         stats = {"policy_loss": sums["policy_loss"], "clip_fraction": sums["clip_fraction"] / tokens, "entropy": sums["entropy"] / tokens}

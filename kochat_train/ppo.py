@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from kochat_data.progress import stderr_console
-from kochat_train import devices, distributed, online, outputs, stage_models, training
+from kochat_train import devices, distributed, online, outputs, sharding, stage_models, training
 from kochat_train import objectives as ops
 from kochat_train.lora import merge_lora
 from kochat_train.rewards import RewardScorer
@@ -27,7 +27,7 @@ from kochat_train.rollout import (
     response_texts,
     token_logprobs,
 )
-from kochat_train.sources import init_reward_model, load_causal_lm, load_reward_model
+from kochat_train.sources import init_reward_model, load_reward_model
 from kochat_train.stage_configs import PPOConfig
 
 # A custom reward (tests, experiments): response ids and mask (B, R) → one score per row (B,).
@@ -46,24 +46,28 @@ class PPOTrainer:
         device = devices.resolve_device(config.device)
         self.device = torch.device(device)
         self.tokenizer = stage_models.stage_tokenizer(config, config.sft)
-        self.actor = load_causal_lm(config.sft, self.tokenizer, devices.trained_dtype(config))
+        self.actor = stage_models.trained_causal_lm(config, config.sft, self.tokenizer)
+        self.sharding = sharding.is_sharded(self.actor)  # every process then evaluates: a sharded forward is collective
         # Rewards are read from text (`RewardScorer`), so the RM and the judge may have tokenizers of their own.
         self.reward_model = RewardScorer(Path(config.rm), device)
         self.judge = RewardScorer(Path(config.judge), device) if config.judge else None
         self.critic_source = config.rm if self._rm_can_be_critic() else config.sft
         dtype = devices.trained_dtype(config)
-        self.critic = ScalarRewardModel(load_reward_model(config.rm, self.tokenizer, dtype) if self.critic_source == config.rm
-                                        else init_reward_model(config.sft, self.tokenizer, dtype))
+        where = stage_models.placement(config, self.critic_source)
+        load = load_reward_model if self.critic_source == config.rm else init_reward_model
+        self.critic = ScalarRewardModel(stage_models.prepared(load(self.critic_source, self.tokenizer, dtype, where), where))
         stage_models.maybe_apply_lora(self.actor, config)
         stage_models.maybe_apply_lora(self.critic.model, config, heads=("score",))
         for model in (self.actor, self.critic, self.reward_model.model, self.judge and self.judge.model):
             if model is not None:
                 stage_models.disable_dropout(model)  # log-probs of the rollout and of the update must come from the same function
-                model.to(self.device)
+                if not sharding.is_sharded(model):  # a sharded model's placement is FSDP's
+                    model.to(self.device)
         self.reference = online.frozen_reference(config, self.actor, self.tokenizer, device)
         distributed.broadcast_parameters([self.actor, self.critic])
         groups = [[p for p in model.parameters() if p.requires_grad] for model in (self.actor, self.critic)]
         self.trainable = [p for group in groups for p in group]
+        self.trained = torch.nn.ModuleDict({"actor": self.actor, "critic": self.critic})  # what the optimizer steps
         critic_lr = config.critic_learning_rate or 2 * config.learning_rate
         self.optimizer = torch.optim.AdamW([{"params": groups[0], "lr": config.learning_rate}, {"params": groups[1], "lr": critic_lr}],
                                            weight_decay=config.weight_decay)
@@ -150,8 +154,11 @@ class PPOTrainer:
                     raise training.TrainingDiverged(f"PPO loss is {'not finite' if torch.isfinite(loss) else loss.item()}; stopped before that update")
                 self.optimizer.zero_grad()
                 loss.backward()
-                distributed.average_gradients(self.trainable)
-                torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
+                if self.sharding:  # FSDP averaged the gradients itself (reduce-scatter)
+                    sharding.clip_grad_norm([self.actor, self.critic], config.max_grad_norm)
+                else:
+                    distributed.average_gradients(self.trainable)
+                    torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
                 self.optimizer.step()
                 step_stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
                               "clip_fraction": clip_fraction.item(), "approx_kl": ops.approx_kl(logprobs.detach(), batch["logprobs"][rows], mask).item()}
@@ -170,13 +177,14 @@ class PPOTrainer:
 
     def state(self, step: int) -> dict:
         """Everything a resumed run needs, the sampling RNG of every process included (a collective call)."""
-        return {"step": step, "kl_coef": self.kl_coef, "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "optimizer": self.optimizer.state_dict(), **online.rng_states(self.device)}
+        return {"step": step, "kl_coef": self.kl_coef, "actor": sharding.full_model_state(self.actor),
+                "critic": sharding.full_model_state(self.critic), "optimizer": sharding.full_optimizer_state(self.trained, self.optimizer),
+                **online.rng_states(self.device)}
 
     def load_state(self, state: dict) -> int:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharding.load_model_state(self.actor, state["actor"])
+        sharding.load_model_state(self.critic, state["critic"])
+        sharding.load_optimizer_state(self.trained, self.optimizer, state["optimizer"])
         online.restore_rng(state, self.device, self.config.seed)
         self.kl_coef = state["kl_coef"]
         return state["step"]
@@ -192,6 +200,5 @@ def train_ppo(config: PPOConfig, score_fn: ScoreFunction | None = None) -> outpu
     metrics = online.run(trainer, config, "ppo", prompts, held_out, resume_from)
     result = outputs.save_stage(trainer.actor, trainer.tokenizer, config, "ppo", metrics)
     merge_lora(trainer.critic.model)
-    if distributed.is_main_process():
-        trainer.critic.model.save_pretrained(Path(config.out) / "critic")
+    outputs.save_model(trainer.critic.model, Path(config.out) / "critic")
     return result

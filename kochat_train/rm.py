@@ -43,6 +43,7 @@ from kochat_train.sources import (
     reads_pairs,
     with_distinct_pad,
 )
+from kochat_train.sharding import is_sharded
 from kochat_train.stage_configs import RewardConfig
 from kochat_train.template import (
     EncoderReading,
@@ -100,6 +101,14 @@ class ScalarRewardModel(nn.Module):
         super().__init__()
         self.model = model
         self.reads_pairs = reads_pairs(model)
+        self.sharded = is_sharded(model)
+        if self.sharded and not self.reads_pairs:
+            head_at_every_position(model)
+
+    @property
+    def is_distributed_loading_by_transformers(self) -> bool:
+        """Tells the Trainer that the wrapped model was sharded when loaded: not to be wrapped or moved again."""
+        return getattr(self.model, "is_distributed_loading_by_transformers", False)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.base_model(
@@ -110,6 +119,9 @@ class ScalarRewardModel(nn.Module):
         """The reward of each sequence. (B, T) → (B,)"""
         if self.reads_pairs:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+        if self.sharded:
+            values = self.token_values(input_ids, attention_mask)
+            return values[torch.arange(len(values), device=values.device), last_token_index(attention_mask)]
         hidden = self.hidden_states(input_ids, attention_mask)
         last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]  # (B, H)
         return self.model.score(last).squeeze(-1).float()
@@ -118,7 +130,28 @@ class ScalarRewardModel(nn.Module):
         """The head at every position: PPO's critic reads a value per token. (B, T) → (B, T)"""
         if self.reads_pairs:
             raise TypeError("an encoder reward model gives one score per text, not a value per token")
+        if self.sharded:  # the head at every position, from the model's own forward (`head_at_every_position`)
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=positions_from_mask(attention_mask)).logits.squeeze(-1).float()
         return self.model.score(self.hidden_states(input_ids, attention_mask)).squeeze(-1).float()
+
+
+def head_at_every_position(model: PreTrainedModel) -> None:
+    """Make a sharded decoder reward model's own forward return its `score` head at every position as `logits`
+    (B, T, 1), in place of the library's pooled one.
+
+    Under FSDP2 the head, the final norm and the embeddings belong to the root unit: gathered only inside the root's
+    forward, and gathered again for the backward only through what that forward returns. Reading the backbone and
+    the head separately (as the unsharded path does) would meet sharded weights; so the head's output at every
+    position is taken as the forward computes it and put into the forward's output before FSDP's hooks see it."""
+    captured = {}
+    model.score.register_forward_hook(lambda module, args, output: captured.update(scores=output))
+
+    def every_position(module, args, output):
+        output.logits = captured.pop("scores")
+        return output
+
+    model.register_forward_hook(every_position, prepend=True)  # before FSDP's post-forward hook
 
 
 def tokenize_pairs(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
@@ -185,7 +218,8 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
                                                      relevance_negatives(train_pairs, config.relevance_negatives, config.seed)])
     set_seed(config.seed)  # before the new score head is initialised
     tokenizer = with_distinct_pad(stage_models.stage_tokenizer(config, config.model))
-    backbone = init_reward_model(config.model, tokenizer, devices.trained_dtype(config))
+    where = stage_models.placement(config, config.model)
+    backbone = stage_models.prepared(init_reward_model(config.model, tokenizer, devices.trained_dtype(config), where), where)
     # A wrong --lora-targets is refused before --out is touched.
     stage_models.maybe_apply_lora(backbone, config, heads=tuple(head for head in REWARD_HEADS if hasattr(backbone, head)))
     resume_from = outputs.prepare_output(config)  # only once the inputs are known to be good

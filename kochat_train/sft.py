@@ -13,9 +13,9 @@ from transformers import (
 )
 
 from kochat_data.schema import Kind
-from kochat_train import devices, outputs, stage_data, stage_models, training
+from kochat_train import outputs, stage_data, stage_models, training
 from kochat_train.outputs import StageResult
-from kochat_train.sources import capped_length, load_causal_lm
+from kochat_train.sources import capped_length
 from kochat_train.stage_configs import SFTConfig
 from kochat_train.template import IGNORE_INDEX, encode_examples
 from kochat_train.training import GuardedTrainer
@@ -43,7 +43,7 @@ def train_sft(config: SFTConfig, callbacks: Sequence[TrainerCallback] = ()) -> S
     train_rows = stage_data.require_rows(data, "train", config.data, Kind.SFT, "nothing to train on")
     set_seed(config.seed)
     tokenizer = stage_models.stage_tokenizer(config, config.model)
-    model = load_causal_lm(config.model, tokenizer, devices.trained_dtype(config))
+    model = stage_models.trained_causal_lm(config, config.model, tokenizer)
     stage_models.maybe_apply_lora(model, config)  # a wrong --lora-targets is refused before --out is touched
     resume_from = outputs.prepare_output(config)  # only once the inputs are known to be good
     max_length = capped_length(config.max_length, model)

@@ -1,7 +1,8 @@
-"""FSDP2 sharding (`--sharding fsdp`, GRPO and RLOO so far): the policy loads sharded over the torchrun processes
-through transformers' own `from_pretrained(distributed_config=…)` (its FSDP plan), and each process keeps 1/N of
-its weights, gradients and AdamW state. Checkpoints hold the whole state (gathered on rank 0), so a run resumes on
-any number of processes; the saved model is a plain `save_pretrained` directory.
+"""FSDP2 sharding (`--sharding fsdp`): the trained model loads sharded over the torchrun processes through
+transformers' own `from_pretrained(distributed_config=…)` (its FSDP plan, each transformer block a unit), and each
+process keeps 1/N of its weights, gradients and AdamW state. The Trainer stages checkpoint shard by shard
+(torch.distributed.checkpoint: each process writes its own); the online loops' checkpoints hold the whole state,
+gathered. Either resumes on any number of processes; the saved model is a plain `save_pretrained` directory.
 
 Frozen models (the reference, reward models, the judge) are not sharded: they hold no gradients or optimizer
 state, and every process scores its own answers with them.
@@ -9,8 +10,11 @@ state, and every process scores its own answers with them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -20,16 +24,18 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
-from transformers import DistributedConfig
+from transformers import DistributedConfig, PretrainedConfig, PreTrainedModel
 
 from kochat_data.errors import UsageError
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+SHARDS = "shards"  # a Trainer checkpoint's sharded model and optimizer state, beside its trainer_state.json
 
 
-def distributed_config(sharding: str, offload: bool = False, device: str = "cpu", source: str | None = None) -> DistributedConfig | None:
-    """What `from_pretrained` needs to load the model at `source` sharded over every process, each transformer block a
-    unit (None: load it whole); the process group must be joined already."""
+def distributed_config(sharding: str, offload: bool = False, device: str = "cpu",
+                       source: str | PretrainedConfig | None = None) -> DistributedConfig | None:
+    """What `from_pretrained` needs to load the model at `source` (or of that config) sharded over every process, each
+    transformer block a unit (None: load it whole); the process group must be joined already."""
     if sharding == "none":
         return None
     if offload and device != "cuda":
@@ -40,7 +46,7 @@ def distributed_config(sharding: str, offload: bool = False, device: str = "cpu"
     return DistributedConfig(fsdp_size=world, fsdp_cpu_offload=offload, fsdp_plan=block_plan(source) if source else None)
 
 
-def block_plan(source: str) -> dict[str, str]:
+def block_plan(source: str | PretrainedConfig) -> dict[str, str]:
     """An FSDP plan with each transformer block a unit of its own. transformers' default plan names Llama's modules
     (`embed_tokens`, `layers.*`); on GPT-2 (`transformer.h.*`) or GPT-NeoX it matches nothing, and the whole model
     would be one unit, gathered whole for every forward. The blocks are the modules transformers never splits
@@ -50,10 +56,18 @@ def block_plan(source: str) -> dict[str, str]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+        model = AutoModelForCausalLM.from_config(source if isinstance(source, PretrainedConfig) else AutoConfig.from_pretrained(source))
     blocks = set(getattr(model, "_no_split_modules", None) or [])
     names = {re.sub(r"\.\d+(?=\.|$)", ".*", name) for name, module in model.named_modules() if type(module).__name__ in blocks}
     return dict.fromkeys(sorted(names), "free_full_weight")
+
+
+def shard_in_memory(model: PreTrainedModel, where: DistributedConfig) -> PreTrainedModel:
+    """A model built in memory (the base stage's fresh one) sharded as `from_pretrained(distributed_config=where)`
+    shards the ones it loads: each process keeps its shard of the weights it holds (the same on every process: the
+    seed is shared)."""
+    where, _, mesh = type(model).prepare_distribute_model(where)
+    return type(model).maybe_distribute_model(model, where, mesh)
 
 
 def prepare(model: torch.nn.Module) -> dict:
@@ -120,3 +134,36 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
         set_optimizer_state_dict(model, optimizer, state, options=FULL)
     else:
         optimizer.load_state_dict(state)
+
+
+def save_shards(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The model's and the optimizer's state into `directory`/shards, each process writing the shards it holds
+    (a collective call). Nothing is gathered: a checkpoint costs each process its own share of memory."""
+    dcp.save({"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)},
+             checkpoint_id=Path(directory) / SHARDS)
+
+
+def load_shards(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """The model's (and, given one, the optimizer's) state back from `save_shards`; each process reads its shards,
+    resharded by torch.distributed.checkpoint when the number of processes changed."""
+    state = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    dcp.load(state, checkpoint_id=Path(directory) / SHARDS)
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def clip_grad_norm(parts: list[torch.nn.Module], max_norm: float) -> torch.Tensor:
+    """`clip_grad_norm_` over the gradients of sharded models each on a mesh of its own (PPO's actor and critic, loaded
+    one by one), which torch's cannot mix: each part's norm, then their combined norm scales every gradient as
+    `clip_grad_norm_` would. The scaling is written out: `clip_grads_with_norm_` left DTensor gradients wrong here
+    (seen: 0.3 off the unsharded gradients, with the right total norm)."""
+    grads = [[p.grad for p in part.parameters() if p.grad is not None] for part in parts]
+    norms = [torch.nn.utils.get_total_norm(part) for part in grads if part]
+    total = torch.linalg.vector_norm(torch.stack([norm.full_tensor() if isinstance(norm, DTensor) else norm for norm in norms]))
+    scale = min(1.0, max_norm / (total.item() + 1e-6))
+    for grad in (grad for part in grads for grad in part):
+        grad.mul_(scale)
+    return total

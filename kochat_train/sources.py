@@ -21,7 +21,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-
 from transformers.modeling_layers import GenericForSequenceClassification
 
 from kochat_data.errors import UsageError
@@ -125,10 +124,14 @@ def with_reward_class(source: str | Path) -> None:
     AutoModelForSequenceClassification.register(type(config), type(name, (GenericForSequenceClassification, family), {}), exist_ok=True)
 
 
-def load_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A trained reward model; a directory whose one-output head would be initialised at random is refused."""
+def load_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32,
+                      distributed: DistributedConfig | None = None) -> PreTrainedModel:
+    """A trained reward model, sharded as `distributed` says (PPO's critic; see `load_causal_lm`); a directory whose
+    one-output head would be initialised at random is refused."""
     with_reward_class(source)
-    model, info = _from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=dtype, output_loading_info=True)
+    sharded = {} if distributed is None else {"distributed_config": distributed}
+    model, info = _from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=dtype, output_loading_info=True,
+                                   **sharded)
     missing = {key for key in info["missing_keys"] if key.split(".")[0] in REWARD_HEADS}
     if not any(hasattr(model, head) for head in REWARD_HEADS) or missing:
         architectures = ", ".join(getattr(model.config, "architectures", None) or [type(model).__name__])
@@ -148,10 +151,13 @@ def load_encoder(source: str | Path) -> PreTrainedModel:
     return _from_pretrained(AutoModel, source)
 
 
-def init_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A reward model to train: from a reward model directory, or a causal LM or an encoder with a new head (fp32 by default)."""
+def init_reward_model(source: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32,
+                      distributed: DistributedConfig | None = None) -> PreTrainedModel:
+    """A reward model to train: from a reward model directory, or a causal LM or an encoder with a new head (fp32 by
+    default), sharded as `distributed` says (see `load_causal_lm`)."""
     with_reward_class(source)
-    model = _align(_from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=dtype), tokenizer)
+    sharded = {} if distributed is None else {"distributed_config": distributed}
+    model = _align(_from_pretrained(AutoModelForSequenceClassification, source, num_labels=1, dtype=dtype, **sharded), tokenizer)
     if not any(hasattr(model, head) for head in REWARD_HEADS):
         raise UsageError(f"{source}: {type(model).__name__} has no `{REWARD_HEAD}` or `classifier` head; kochat's reward model needs one")
     return model
@@ -171,6 +177,10 @@ def capped_length(max_length: int, model: PreTrainedModel) -> int:
 
 def _align(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        if getattr(model, "is_distributed_loading_by_transformers", False):
+            raise UsageError(f"the tokenizer has {len(tokenizer)} tokens and the model {model.get_input_embeddings().num_embeddings} "
+                             "embedding rows: a sharded model cannot grow them (train once without --sharding, e.g. an SFT "
+                             "step, to save the model with the rows added)")
         model.resize_token_embeddings(len(tokenizer))
     token_ids = {f"{role}_token_id": getattr(tokenizer, f"{role}_token_id") for role in ("bos", "eos", "pad")}
     for name, token_id in token_ids.items():

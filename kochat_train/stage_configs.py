@@ -16,7 +16,6 @@ PAIR_SETS = ("all", "proxy", "judge")
 
 LOSSES = ("sigmoid", "ipo")
 
-SHARDINGS = ("none", "fsdp")  # GRPO and RLOO so far (kochat_train.sharding)
 
 
 @dataclass
@@ -188,18 +187,8 @@ class GRPOConfig(OnlineRLConfig):
     kl_in: str = option("loss", "loss: β·k3 per token added to the loss (GRPO); reward: β·Σ k1 subtracted from each "
                         "answer's reward before the advantages (RLOO, PPO)")
     learning_rate: float = option(1e-5, "AdamW learning rate (constant)")
-    sharding: str = option("none", "none, or fsdp: under torchrun, the policy's weights, gradients and AdamW state split over the "
-                           "processes (FSDP2, loaded sharded by transformers; the reference and reward models stay whole)")
-    offload: bool = option(False, "with --sharding fsdp: keep the shards of parameters and optimizer state in CPU memory")
-
     def problems(self) -> list[str]:
         found = super().problems()
-        if self.sharding not in SHARDINGS:
-            found.append(f"'sharding' must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
-        elif self.sharding == "fsdp" and self.lora_rank > 0:
-            found.append("'sharding' fsdp with LoRA is not supported: LoRA already keeps the trained state small (drop one of them)")
-        if self.offload and self.sharding != "fsdp":
-            found.append("'offload' needs --sharding fsdp")
         if not self.reward:
             found.append("'reward' is required (e.g. --reward rm=DIR)")
         if self.group_size < 2:

@@ -1,16 +1,24 @@
 """What a stage does to the model it starts from: the tokenizer in the stage's template, dropout off for the
-stages that compare log-probs, LoRA and gradient checkpointing when asked for."""
+stages that compare log-probs, LoRA and gradient checkpointing when asked for; where its weights go (whole on every
+process, or sharded over them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    DistributedConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
+from kochat_train import devices, sharding
 from kochat_train.config import TrainConfig
+from kochat_train.distributed import init_distributed
 from kochat_train.lora import apply_lora
-from kochat_train.sources import load_tokenizer, trust_remote_code
+from kochat_train.sources import load_causal_lm, load_tokenizer, trust_remote_code
 from kochat_train.template import template_of
 
 
@@ -42,3 +50,24 @@ def maybe_apply_lora(model: PreTrainedModel, config: TrainConfig, heads: tuple[s
         apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, trainable_heads=heads, targets=targets)
     if config.gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
+def placement(config: TrainConfig, source: str | Path | PretrainedConfig) -> DistributedConfig | None:
+    """How the trained model loads: whole (None), or sharded over torchrun's processes (`--sharding fsdp`; the process
+    group is joined first)."""
+    device = devices.resolve_device(config.device)
+    init_distributed(device)
+    return sharding.distributed_config(config.sharding, config.offload, device, source if isinstance(source, PretrainedConfig) else str(source))
+
+
+def prepared(model: PreTrainedModel, where: DistributedConfig | None) -> PreTrainedModel:
+    """A model loaded as `placement` said, refused in one line when it was to be sharded and is not (`sharding.prepare`)."""
+    if where is not None:
+        sharding.prepare(model)
+    return model
+
+
+def trained_causal_lm(config: TrainConfig, source: str | Path, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The causal LM a stage trains, in its trained dtype, whole or sharded as the config says."""
+    where = placement(config, source)
+    return prepared(load_causal_lm(source, tokenizer, devices.trained_dtype(config), where), where)

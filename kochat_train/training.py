@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import SCHEDULER_NAME
 
 from kochat_data.errors import KochatError
 from kochat_data.progress import progress_bar
@@ -24,6 +25,7 @@ from kochat_train.outputs import (
     last_complete_checkpoint,
     write_config,
 )
+from kochat_train.sharding import is_sharded, load_shards, save_shards
 from kochat_train.tracking import TrackerCallback, closing_tracker, open_tracker
 
 
@@ -77,6 +79,9 @@ def training_arguments(config: TrainConfig, train_rows: int, *, remove_unused_co
         ddp_find_unused_parameters=False,
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
+        # transformers refuses to checkpoint the optimizer of a model sharded at load time (its saver does not know
+        # DTensors) unless told to save the model only; GuardedTrainer saves both shard by shard instead.
+        save_only_model=config.sharding != "none",
         report_to="none",
         disable_tqdm=True,
     )
@@ -94,7 +99,9 @@ def held_out_loss(trainer: Trainer) -> float:
     """
     model, device = trainer.model, trainer.args.device
     was_training = model.training
-    model.to(device).eval()
+    if not is_sharded(model):  # a sharded model's placement is FSDP's (`.to` on its shards raises)
+        model.to(device)
+    model.eval()
     weighted, rows = 0.0, 0
     # Under the mixed precision the Trainer evaluates in (accelerate wraps the model once training starts).
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), trainer.accelerator.autocast():
@@ -107,7 +114,36 @@ def held_out_loss(trainer: Trainer) -> float:
 
 
 class GuardedTrainer(Trainer):
-    """A Trainer that stops at the first non-finite loss instead of training on it."""
+    """A Trainer that stops at the first non-finite loss instead of training on it, and checkpoints a model sharded at
+    load time (`--sharding fsdp`) shard by shard: its weights and AdamW state in `sharding.save_shards`, the
+    scheduler, RNG and trainer state as for any model."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if is_sharded(self.model):
+            self.args.save_only_model = False  # set only to pass the Trainer's refusal (training_arguments)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not (_internal_call and is_sharded(self.model)):  # a checkpoint's sharded weights go with its optimizer state
+            super().save_model(output_dir, _internal_call)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not is_sharded(self.model):
+            return super()._save_optimizer_and_scheduler(output_dir)
+        save_shards(output_dir, self.model, _unwrapped(self.optimizer))
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not is_sharded(self.model):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_shards(resume_from_checkpoint, self.model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not is_sharded(self.model):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load_shards(checkpoint, self.model, _unwrapped(self.optimizer))
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -116,6 +152,11 @@ class GuardedTrainer(Trainer):
             kept = f"last good checkpoint: {last} (continue with --resume, e.g. with a lower --learning-rate)" if last else "no checkpoint was saved yet"
             raise TrainingDiverged(f"loss is {loss.item()} at step {self.state.global_step + 1}; stopped before that update; {kept}")
         return loss
+
+
+def _unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's wrapper: the one whose state dict torch.distributed.checkpoint reads."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 class MetricsLog(TrainerCallback):

@@ -39,6 +39,10 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
+def logged_steps_of(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text("utf-8").splitlines()]
+
+
 def logged_steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text("utf-8").splitlines() if "loss" in json.loads(line)]
 
@@ -54,18 +58,13 @@ def base_without_dropout(tiny_base, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
-def test_two_processes_match_one_with_the_same_global_batch(stage, base_without_dropout, sample_data, tmp_path):
-    common = ["train", stage, "--data", sample_data, "--model", base_without_dropout, "--max-steps", STEPS,
-              "--max-length", TINY["max_length"], "--learning-rate", LEARNING_RATE, "--sampling", "sequential", "--logging-steps", 1,
-              "--precision", "fp32"]  # equal to 1e-5 needs fp32: bf16 rounds sums differently in another order
-    kochat(1, *common, "--out", tmp_path / "one", "--batch-size", 8)
-    kochat(2, *common, "--out", tmp_path / "two", "--batch-size", 4)  # 2 × 4 = the same 8 examples per step
+def logged(out: Path, key: str) -> list[float]:
+    return [json.loads(line)[key] for line in (out / "metrics.jsonl").read_text("utf-8").splitlines() if key in json.loads(line)]
 
-    one, two, start = weights(tmp_path / "one"), weights(tmp_path / "two"), weights(base_without_dropout)
-    assert max((one[name] - start[name]).abs().max().item() for name in start) > 1e-3  # training moved the weights
+
+def assert_same_training(one: dict[str, torch.Tensor], other: dict[str, torch.Tensor], stage: str, tolerance: float) -> None:
     for name in one:
-        difference = (one[name] - two[name]).abs().max().item()
+        difference = (one[name] - other[name]).abs().max().item()
         if stage == "rm" and name == "transformer.ln_f.bias":
             # The pairwise loss does not depend on it (it shifts both rewards alike): its true gradient
             # is 0, and Adam turns rounding noise of ~1e-9 into steps of up to the learning rate.
@@ -73,13 +72,73 @@ def test_two_processes_match_one_with_the_same_global_batch(stage, base_without_
         elif stage == "dpo" and name == "transformer.wte.weight":
             # The same for the (tied) embedding rows of tokens the pairs barely touch: a difference of
             # log-ratios leaves them gradients near 0, which Adam scales up. Seen: 1 row of 400 at 3e-5.
-            rows = (one[name] - two[name]).abs().max(dim=1).values
+            rows = (one[name] - other[name]).abs().max(dim=1).values
             assert difference <= LEARNING_RATE * STEPS and (rows > 1e-5).float().mean() <= 0.01
         else:
-            assert difference < 1e-5, name
+            assert difference < tolerance, name
+
+
+def sharding_record(out: Path) -> dict:
+    return json.loads((out / "kochat_stage.json").read_text("utf-8"))["metrics"]["sharding"]
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+def test_two_processes_match_one_with_the_same_global_batch(stage, base_without_dropout, sample_data, tmp_path):
+    """Replicated (DDP) and sharded (`--sharding fsdp`: FSDP2, loaded sharded by transformers): two processes with half
+    the batch each end where one process ends."""
+    common = ["train", stage, "--data", sample_data, "--model", base_without_dropout, "--max-steps", STEPS,
+              "--max-length", TINY["max_length"], "--learning-rate", LEARNING_RATE, "--sampling", "sequential", "--logging-steps", 1,
+              "--precision", "fp32"]  # equal to 1e-5 needs fp32: bf16 rounds sums differently in another order
+    kochat(1, *common, "--out", tmp_path / "one", "--batch-size", 8)
+    kochat(2, *common, "--out", tmp_path / "two", "--batch-size", 4)  # 2 × 4 = the same 8 examples per step
+    kochat(2, *common, "--out", tmp_path / "sharded", "--batch-size", 4, "--sharding", "fsdp")
+
+    one, two, start = weights(tmp_path / "one"), weights(tmp_path / "two"), weights(base_without_dropout)
+    assert max((one[name] - start[name]).abs().max().item() for name in start) > 1e-3  # training moved the weights
+    assert_same_training(one, two, stage, tolerance=1e-5)
+    # Sharded: the gradients are reduce-scattered in another order; seen up to 1.8e-5 after 4 Adam steps (RM).
+    assert_same_training(one, weights(tmp_path / "sharded"), stage, tolerance=1e-4)
+    assert logged(tmp_path / "sharded", "loss") == pytest.approx(logged(tmp_path / "one", "loss"), abs=1e-5)
+    record = sharding_record(tmp_path / "sharded")
+    assert record["kind"] == "fsdp" and record["processes"] == 2 and 0.45 <= record["rank0_local_share"] <= 0.55
+    assert "sharding" not in json.loads((tmp_path / "two" / "kochat_stage.json").read_text("utf-8"))["metrics"]
     # rank 0 alone wrote the metrics: every step once
     assert logged_steps(tmp_path / "two") == list(range(1, STEPS + 1))
+    assert logged_steps(tmp_path / "sharded") == list(range(1, STEPS + 1))
     assert (tmp_path / "two" / "kochat_stage.json").is_file()
+
+
+def test_a_sharded_trainer_stage_checkpoints_its_shards_and_resumes_exactly(base_without_dropout, sample_data, tmp_path):
+    """SFT under `--sharding fsdp`: each checkpoint holds the shards each process wrote (no gathered weights), a run
+    resumed from its first checkpoint ends exactly where the uninterrupted run ends, and the output is a plain
+    `save_pretrained` directory."""
+    from transformers import AutoModelForCausalLM
+
+    common = ["train", "sft", "--data", sample_data, "--model", base_without_dropout, "--max-steps", STEPS, "--save-steps", 2,
+              "--max-length", TINY["max_length"], "--learning-rate", LEARNING_RATE, "--batch-size", 4, "--sharding", "fsdp",
+              "--precision", "fp32"]
+    kochat(2, *common, "--out", tmp_path / "straight")
+    checkpoint = tmp_path / "straight" / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "shards" / ".metadata").is_file() and not list(checkpoint.glob("*.safetensors"))
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / f"checkpoint-{STEPS}")  # as if killed after step 2
+    kochat(2, *common, "--out", tmp_path / "resumed", "--resume")
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert max((straight[name] - resumed[name]).abs().max().item() for name in straight) == 0
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "straight")
+    assert torch.equal(loaded.transformer.wte.weight, straight["transformer.wte.weight"])
+
+
+def test_a_sharded_base_trains_as_a_replicated_one(sample_data, tmp_path):
+    """The base stage's fresh model, sharded in memory, trains as two replicated processes do (the same dropout
+    masks per process)."""
+    common = ["train", "base", "--data", sample_data, "--preset", "tiny", "--max-steps", 2, "--max-length", TINY["max_length"],
+              "--batch-size", 4, "--learning-rate", LEARNING_RATE, "--sampling", "sequential", "--precision", "fp32"]
+    kochat(2, *common, "--out", tmp_path / "two")
+    kochat(2, *common, "--out", tmp_path / "sharded", "--sharding", "fsdp")
+    two, sharded = weights(tmp_path / "two"), weights(tmp_path / "sharded")
+    assert max((two[name] - sharded[name]).abs().max().item() for name in two) < 1e-5
+    assert 0.45 <= sharding_record(tmp_path / "sharded")["rank0_local_share"] <= 0.55
 
 
 def test_ppo_with_two_processes_matches_one(tiny_base, tiny_rm, sample_data, tmp_path):
@@ -90,14 +149,17 @@ def test_ppo_with_two_processes_matches_one(tiny_base, tiny_rm, sample_data, tmp
               "--precision", "fp32"]  # bf16 would round the split batches' sums differently
     kochat(1, *common, "--out", tmp_path / "one", "--batch-size", 8, "--mini-batch-size", 8)
     kochat(2, *common, "--out", tmp_path / "two", "--batch-size", 4, "--mini-batch-size", 4)
-    for model in ("", "critic"):
-        one, two = weights(tmp_path / "one" / model), weights(tmp_path / "two" / model)
-        # 6 Adam updates at lr 1e-3 from rounding-level gradient differences: ~7e-6 observed
-        assert max((one[name] - two[name]).abs().max().item() for name in one) < 5e-5
-    one_log, two_log = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text("utf-8").splitlines()]
-                        for run in ("one", "two"))
-    assert [line["step"] for line in two_log] == [1, 2, 3]
-    assert [line["rm_score"] for line in two_log] == pytest.approx([line["rm_score"] for line in one_log], abs=1e-5)
+    # Sharded: actor and critic each loaded sharded, the rollouts generated by the sharded actor.
+    kochat(2, *common, "--out", tmp_path / "sharded", "--batch-size", 4, "--mini-batch-size", 4, "--sharding", "fsdp")
+    for run in ("two", "sharded"):
+        for model in ("", "critic"):
+            one, other = weights(tmp_path / "one" / model), weights(tmp_path / run / model)
+            # 6 Adam updates at lr 1e-3 from rounding-level gradient differences: ~7e-6 observed (sharded: 3e-6)
+            assert max((one[name] - other[name]).abs().max().item() for name in one) < 5e-5
+        assert logged_steps_of(tmp_path / run) == [1, 2, 3]
+        # Greedy answers of the (sharded) actor are the unsharded model's: the same rewards at every step.
+        assert logged(tmp_path / run, "rm_score") == pytest.approx(logged(tmp_path / "one", "rm_score"), abs=1e-5)
+    assert 0.45 <= sharding_record(tmp_path / "sharded")["rank0_local_share"] <= 0.55
 
 
 def test_grpo_with_two_processes_matches_one_and_accumulation(base_without_dropout, sample_data, tmp_path):
