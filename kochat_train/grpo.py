@@ -53,6 +53,7 @@ class GRPOTrainer:
         self.tokenizer = stage_models.stage_tokenizer(config, config.sft)
         self.actor = stage_models.trained_causal_lm(config, config.sft, self.tokenizer)
         self.sharding = sharding.is_sharded(self.actor)  # every process then evaluates: a sharded forward is collective
+        self.trained = self.actor  # what the optimizer steps
         self.reward = CompositeReward(config.reward, device, judge=Path(config.judge) if config.judge else None)
         self.judge = RewardScorer(Path(config.judge), device) if config.judge else None
         stage_models.maybe_apply_lora(self.actor, config)
@@ -164,12 +165,13 @@ class GRPOTrainer:
 
     def state(self, step: int) -> dict:
         """Everything a resumed run needs, the sampling RNG of every process included (a collective call)."""
-        return {"step": step, "actor": sharding.full_model_state(self.actor),
-                "optimizer": sharding.full_optimizer_state(self.actor, self.optimizer), **online.rng_states(self.device)}
+        trained = {} if self.sharding else {"actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"step": step, **trained, **online.rng_states(self.device)}  # sharded: the shards beside it (online.save_state)
 
     def load_state(self, state: dict) -> int:
-        sharding.load_model_state(self.actor, state["actor"])
-        sharding.load_optimizer_state(self.actor, self.optimizer, state["optimizer"])
+        if not self.sharding:
+            self.actor.load_state_dict(state["actor"])
+            self.optimizer.load_state_dict(state["optimizer"])
         online.restore_rng(state, self.device, self.config.seed)
         return state["step"]
 

@@ -28,6 +28,7 @@ from kochat_train import (
     devices,
     distributed,
     outputs,
+    sharding,
     stage_data,
     stage_models,
     training,
@@ -121,6 +122,8 @@ def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_ou
     if resume_from is not None:
         # RNG states must stay CPU tensors; load_state_dict moves the weights to the models' device.
         start = trainer.load_state(torch.load(resume_from, map_location="cpu", weights_only=False))
+        if trainer.sharding:
+            sharding.load_shards(resume_from.parent, trainer.trained, trainer.optimizer)
         if distributed.is_main_process():
             outputs.drop_metrics_after(out / outputs.METRICS_FILE, start)
             (out / outputs.STAGE_FILE).unlink(missing_ok=True)
@@ -160,9 +163,7 @@ def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_ou
             # Evaluated before the checkpoint of this step: a run resumed from it never evaluates this step again.
             alarms = watch.check(step + 1, tracker) if config.eval_every and ((step + 1) % config.eval_every == 0 or step + 1 == steps) else []
             if (step + 1) % config.save_steps == 0 or step + 1 == steps or (alarms and config.stop_on_hacking):
-                state = trainer.state(step + 1)
-                if distributed.is_main_process():
-                    save_state(out, stage, state, config.save_total_limit)
+                save_state(out, stage, trainer, step + 1, config.save_total_limit)
             if alarms and config.stop_on_hacking:
                 raise RewardHacking(f"{stage}: stopped at step {step + 1} (--stop-on-hacking): {alarms[0]}; {_kept(out, stage)}")
     last.update(watch.scores)
@@ -232,15 +233,22 @@ def _logged_watch(path: Path) -> tuple[dict[str, float], list[tuple[int, dict[st
     return baseline, alarms
 
 
-def save_state(out: Path, stage: str, state: dict, keep: int) -> None:
-    directory = out / outputs.CHECKPOINTS / f"checkpoint-{state['step']}"
-    directory.mkdir(parents=True, exist_ok=True)
-    name = state_file(stage)
-    partial = directory / (name + ".partial")
-    torch.save(state, partial)
-    partial.rename(directory / name)  # a kill mid-write leaves the previous checkpoint as the last one
-    for old in checkpoints(out, stage)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+def save_state(out: Path, stage: str, trainer, step: int, keep: int) -> None:
+    """The checkpoint of `step` (every process calls this): the trainer's state in one file written by rank 0, and
+    a sharded trainer's weights and AdamW state as the shards each process holds (`sharding.save_shards`), nothing
+    gathered. The state file is written last: a kill mid-write leaves the previous checkpoint as the last one."""
+    directory = out / outputs.CHECKPOINTS / f"checkpoint-{step}"
+    state = trainer.state(step)
+    if trainer.sharding:
+        sharding.save_shards(directory, trainer.trained, trainer.optimizer)
+    if distributed.is_main_process():
+        directory.mkdir(parents=True, exist_ok=True)
+        name = state_file(stage)
+        partial = directory / (name + ".partial")
+        torch.save(state, partial)
+        partial.rename(directory / name)
+        for old in checkpoints(out, stage)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def state_file(stage: str) -> str:

@@ -177,14 +177,15 @@ class PPOTrainer:
 
     def state(self, step: int) -> dict:
         """Everything a resumed run needs, the sampling RNG of every process included (a collective call)."""
-        return {"step": step, "kl_coef": self.kl_coef, "actor": sharding.full_model_state(self.actor),
-                "critic": sharding.full_model_state(self.critic), "optimizer": sharding.full_optimizer_state(self.trained, self.optimizer),
-                **online.rng_states(self.device)}
+        trained = {} if self.sharding else {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                                            "optimizer": self.optimizer.state_dict()}
+        return {"step": step, "kl_coef": self.kl_coef, **trained, **online.rng_states(self.device)}  # sharded: see online.save_state
 
     def load_state(self, state: dict) -> int:
-        sharding.load_model_state(self.actor, state["actor"])
-        sharding.load_model_state(self.critic, state["critic"])
-        sharding.load_optimizer_state(self.trained, self.optimizer, state["optimizer"])
+        if not self.sharding:
+            self.actor.load_state_dict(state["actor"])
+            self.critic.load_state_dict(state["critic"])
+            self.optimizer.load_state_dict(state["optimizer"])
         online.restore_rng(state, self.device, self.config.seed)
         self.kl_coef = state["kl_coef"]
         return state["step"]

@@ -1,8 +1,9 @@
 """FSDP2 sharding (`--sharding fsdp`): the trained model loads sharded over the torchrun processes through
 transformers' own `from_pretrained(distributed_config=…)` (its FSDP plan, each transformer block a unit), and each
-process keeps 1/N of its weights, gradients and AdamW state. The Trainer stages checkpoint shard by shard
-(torch.distributed.checkpoint: each process writes its own); the online loops' checkpoints hold the whole state,
-gathered. Either resumes on any number of processes; the saved model is a plain `save_pretrained` directory.
+process keeps 1/N of its weights, gradients and AdamW state. Checkpoints, the Trainer stages' and the online loops',
+hold the shards each process wrote (torch.distributed.checkpoint: nothing is gathered), and a run resumes from them
+exactly (tested with the same number of processes); the saved model is a plain `save_pretrained` directory (gathered
+once, at the end).
 
 Frozen models (the reference, reward models, the judge) are not sharded: they hold no gradients or optimizer
 state, and every process scores its own answers with them.
@@ -16,7 +17,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -28,7 +28,6 @@ from transformers import DistributedConfig, PretrainedConfig, PreTrainedModel
 
 from kochat_data.errors import UsageError
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 SHARDS = "shards"  # a Trainer checkpoint's sharded model and optimizer state, beside its trainer_state.json
 
 
@@ -112,30 +111,6 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(parameter, DTensor) for parameter in model.parameters())
 
 
-def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights, on every process (a collective call for a sharded model)."""
-    return get_model_state_dict(model, options=FULL) if is_sharded(model) else model.state_dict()
-
-
-def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    return get_optimizer_state_dict(model, optimizer, options=FULL) if is_sharded(model) else optimizer.state_dict()
-
-
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Whole weights (as `full_model_state` gave them) into a sharded or plain model; each process keeps its shard."""
-    if is_sharded(model):
-        set_model_state_dict(model, state, options=FULL)
-    else:
-        model.load_state_dict(state)
-
-
-def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    if is_sharded(model):
-        set_optimizer_state_dict(model, optimizer, state, options=FULL)
-    else:
-        optimizer.load_state_dict(state)
-
-
 def save_shards(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """The model's and the optimizer's state into `directory`/shards, each process writing the shards it holds
     (a collective call). Nothing is gathered: a checkpoint costs each process its own share of memory."""
@@ -144,8 +119,7 @@ def save_shards(directory: str | Path, model: torch.nn.Module, optimizer: torch.
 
 
 def load_shards(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """The model's (and, given one, the optimizer's) state back from `save_shards`; each process reads its shards,
-    resharded by torch.distributed.checkpoint when the number of processes changed."""
+    """The model's (and, given one, the optimizer's) state back from `save_shards`; each process reads its shards."""
     state = {"model": get_model_state_dict(model)}
     if optimizer is not None:
         state["optimizer"] = get_optimizer_state_dict(model, optimizer)
