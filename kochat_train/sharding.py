@@ -11,6 +11,7 @@ state, and every process scores its own answers with them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
-from transformers import DistributedConfig, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, DistributedConfig, PretrainedConfig, PreTrainedModel
 
 from kochat_data.errors import UsageError
 
@@ -50,10 +51,6 @@ def block_plan(source: str | PretrainedConfig) -> dict[str, str]:
     (`embed_tokens`, `layers.*`); on GPT-2 (`transformer.h.*`) or GPT-NeoX it matches nothing, and the whole model
     would be one unit, gathered whole for every forward. The blocks are the modules transformers never splits
     (`_no_split_modules`), found on a weightless copy of the model."""
-    import re
-
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(source if isinstance(source, PretrainedConfig) else AutoConfig.from_pretrained(source))
     blocks = set(getattr(model, "_no_split_modules", None) or [])
