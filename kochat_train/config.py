@@ -85,7 +85,7 @@ class TrainConfig:
                                           "memory, about a third more compute")
     sharding: str = option("none", "none, or fsdp: under torchrun, the trained model's weights, gradients and AdamW state split "
                            "over the processes (FSDP2, loaded sharded by transformers, each transformer block a unit; frozen "
-                           "models stay whole)")
+                           "models stay whole; under bf16 precision each unit computes in bf16 and reduces gradients in fp32)")
     offload: bool = option(False, "with --sharding fsdp on CUDA: keep the shards of parameters and optimizer state in CPU memory")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps")
     precision: str = option("auto", "auto: bf16 autocast on a CUDA GPU that has bf16 (fp16 on one without), and in every stage but "

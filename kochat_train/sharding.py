@@ -2,8 +2,8 @@
 transformers' own `from_pretrained(distributed_config=…)` (its FSDP plan, each transformer block a unit), and each
 process keeps 1/N of its weights, gradients and AdamW state. Checkpoints, the Trainer stages' and the online loops',
 hold the shards each process wrote (torch.distributed.checkpoint: nothing is gathered), and a run resumes from them
-exactly (tested with the same number of processes); the saved model is a plain `save_pretrained` directory (gathered
-once, at the end).
+exactly, also on another number of processes (the shards are cut anew as they load); the saved model is a plain
+`save_pretrained` directory (gathered once, at the end).
 
 Frozen models (the reference, reward models, the judge) are not sharded: they hold no gradients or optimizer
 state, and every process scores its own answers with them.
@@ -33,9 +33,12 @@ SHARDS = "shards"  # a Trainer checkpoint's sharded model and optimizer state, b
 
 
 def distributed_config(sharding: str, offload: bool = False, device: str = "cpu",
-                       source: str | PretrainedConfig | None = None) -> DistributedConfig | None:
+                       source: str | PretrainedConfig | None = None, bf16_compute: bool = False) -> DistributedConfig | None:
     """What `from_pretrained` needs to load the model at `source` (or of that config) sharded over every process, each
-    transformer block a unit (None: load it whole); the process group must be joined already."""
+    transformer block a unit (None: load it whole); the process group must be joined already. With `bf16_compute`
+    (fp32 weights under bf16 precision) FSDP's mixed-precision policy gathers each unit's weights in bf16 for the
+    forward and backward and reduce-scatters the gradients in fp32 into the fp32 shards AdamW steps: half the bytes
+    gathered, and no gradient rounded to bf16 before it is summed over the processes."""
     if sharding == "none":
         return None
     if offload and device != "cuda":
@@ -43,7 +46,8 @@ def distributed_config(sharding: str, offload: bool = False, device: str = "cpu"
     world = dist.get_world_size() if dist.is_initialized() else 1
     if world < 2:
         raise UsageError("--sharding fsdp: needs two or more processes (torchrun --nproc_per_node N -m kochat train …)")
-    return DistributedConfig(fsdp_size=world, fsdp_cpu_offload=offload, fsdp_plan=block_plan(source) if source else None)
+    return DistributedConfig(fsdp_size=world, fsdp_cpu_offload=offload, fsdp_mixed_precision=bf16_compute,
+                             fsdp_plan=block_plan(source) if source else None)
 
 
 def block_plan(source: str | PretrainedConfig) -> dict[str, str]:
@@ -77,8 +81,12 @@ def describe(model: torch.nn.Module) -> dict:
     """What sharding did, for kochat_stage.json, read from the model itself (its FSDP units and DTensor local
     shapes); refuses in one line when the model was left whole on every process."""
     world = dist.get_world_size() if dist.is_initialized() else 1
-    record = {"kind": "fsdp", "units": sum(isinstance(module, FSDPModule) for module in model.modules()), "processes": world,
-              "rank0_local_share": round(local_share(model), 4)}
+    units = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    record = {"kind": "fsdp", "units": len(units), "processes": world, "rank0_local_share": round(local_share(model), 4)}
+    if units:
+        policy = units[0]._get_fsdp_state()._mp_policy  # FSDP2 keeps no public getter for the policy it was given
+        record["compute_dtype"] = str(policy.param_dtype or next(model.parameters()).dtype).removeprefix("torch.")
+        record["reduce_dtype"] = str(policy.reduce_dtype or policy.param_dtype or next(model.parameters()).dtype).removeprefix("torch.")
     if record["units"] == 0 or record["rank0_local_share"] > 1.5 / world:
         raise UsageError(f"--sharding fsdp: rank 0 holds {record['rank0_local_share']:.0%} of the parameters with {world} "
                          f"processes ({record['units']} sharded units); the model was not sharded")

@@ -57,7 +57,9 @@ def placement(config: TrainConfig, source: str | Path | PretrainedConfig) -> Dis
     group is joined first)."""
     device = devices.resolve_device(config.device)
     init_distributed(device)
-    return sharding.distributed_config(config.sharding, config.offload, device, source if isinstance(source, PretrainedConfig) else str(source))
+    bf16_compute = devices.uses_bf16(config, device) and devices.trained_dtype(config) == torch.float32
+    return sharding.distributed_config(config.sharding, config.offload, device,
+                                       source if isinstance(source, PretrainedConfig) else str(source), bf16_compute)
 
 
 def prepared(model: PreTrainedModel, where: DistributedConfig | None) -> PreTrainedModel:
