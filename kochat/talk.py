@@ -8,6 +8,8 @@ when a command runs, so `--help` is instant.
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from pathlib import Path
 from kochat_data.errors import InvalidDataError, Problem, UsageError
 from kochat_data.reading import BOT, HUMAN, read_text
 from kochat_train.cli import add_reading_flags
+from kochat_train.config import seed_problems
 from kochat_train.decoding_flags import DECODING_OPTIONS, decoding_problems
 
 
@@ -57,9 +60,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     for name, (kind, default, doc) in DECODING_OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         if kind is bool:
-            parser.add_argument(flag, action="store_true", help=doc)
-        else:
-            parser.add_argument(flag, type=kind, default=default, help=f"{doc} (default: {default})")
+            parser.add_argument(flag, action="store_true", default=None, help=doc)
+        else:  # None until given: a sampling setting given without --do-sample is refused
+            parser.add_argument(flag, type=kind, help=f"{doc} (default: {default})")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--max-length", type=int, default=512, help="prompt tokens kept, the newest (default: 512, at most "
                                                                      "the model's positions less --max-new-tokens)")
@@ -68,12 +71,14 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def decoding_settings(args: argparse.Namespace) -> dict:
-    """The decoding flags as GenerationConfig settings; every problem reported at once."""
-    settings = {name: getattr(args, name) for name in DECODING_OPTIONS}
-    problems = decoding_problems(settings) + ([] if args.max_length >= 1 else [f"max_length must be ≥ 1, got {args.max_length}"])
+    """The decoding flags as GenerationConfig settings (the defaults where not given); every problem reported at once."""
+    given = {name: getattr(args, name) for name in DECODING_OPTIONS if getattr(args, name) is not None}
+    problems = decoding_problems(given) + seed_problems(args.seed)
+    if args.max_length < 1:
+        problems.append(f"max_length must be ≥ 1, got {args.max_length}")
     if problems:
         raise UsageError("; ".join(problems))
-    return settings
+    return {**{name: default for name, (_, default, _) in DECODING_OPTIONS.items()}, **given}
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -82,6 +87,8 @@ def read_prompts(path: Path) -> list[str]:
     from kochat_data.validate import raise_for_problems, validate_file
 
     text, _ = read_text(path)
+    if not text.strip():
+        raise UsageError(f"{path}: no prompt in the file (it is empty or holds only blank lines)")
     if not text.lstrip().startswith(("{", "[")):
         return [line.strip() for line in text.splitlines() if line.strip()]
     validated = validate_file(path, Kind.PPO)
@@ -129,6 +136,9 @@ def run_generate(args: argparse.Namespace) -> int:
     prompts = list(args.prompts) + (read_prompts(args.file) if args.file else [])
     if not prompts:
         raise UsageError("no prompt: give PROMPT arguments or --file")
+    empty = [number for number, prompt in enumerate(prompts, start=1) if not prompt.strip()]
+    if args.raw and empty:  # the template gives an empty prompt words to continue; --raw gives none
+        raise UsageError(f"prompt {empty[0]} is empty: with --raw there is no text for the model to continue")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: expected an integer ≥ 1, got {args.batch_size}")
     from kochat_train.rollout import decoding_config, generate, response_texts
@@ -181,9 +191,12 @@ def run_chat(args: argparse.Namespace) -> int:
     tokenizer, model = _load_model(args)
     decoding = decoding_config(tokenizer, **settings)
     interactive = sys.stdin.isatty()
+    # Bytes that are not UTF-8 arrive as lone surrogates (the same on every locale), so that the line can be skipped.
+    if isinstance(sys.stdin, io.TextIOWrapper):  # not a StringIO put in its place
+        sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
     print(f"kochat chat with {args.model}: /reset forgets the dialogue, /exit or Ctrl-D quits", file=sys.stderr)
     dialogue = Dialogue()
-    while True:
+    for number in itertools.count(1):
         try:
             message = input(f"<{HUMAN}> " if interactive else "").strip()
         except EOFError:
@@ -192,6 +205,9 @@ def run_chat(args: argparse.Namespace) -> int:
             print("\n(/exit or Ctrl-D quits)", file=sys.stderr)
             continue
         if not message:
+            continue
+        if any("\udc80" <= char <= "\udcff" for char in message):
+            print(f"(line {number} is not UTF-8 text: skipped; set the terminal to UTF-8)", file=sys.stderr)
             continue
         if message in ("/exit", "/quit"):
             break

@@ -16,10 +16,15 @@ def check_writable(out: Path, overwrite: bool) -> None:
     (after restoring or clearing what a killed writer of `out` left beside it)."""
     if out.parent.is_dir():
         _remove_stale_staging(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a directory")
+    refuse_non_directory(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out}: exists and is not empty; pass --overwrite to replace it")
+
+
+def refuse_non_directory(out: Path) -> None:
+    """An output directory's path that names a file (or a link to one) is refused before any work."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory")
 
 
 @contextmanager

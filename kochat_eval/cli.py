@@ -10,6 +10,7 @@ from kochat_data.console import make_console
 from rich.table import Table
 
 from kochat_data.errors import UsageError
+from kochat_data.atomic import refuse_non_directory
 from kochat_data.split import SPLITS
 from kochat_eval.html_report import render_html
 from kochat_data.repetition import UNITS
@@ -212,6 +213,8 @@ def run_stages(args: argparse.Namespace) -> int:
         max_prompts=args.max_prompts, batch_size=args.batch_size, decoding=decoding, seed=args.seed, unit=args.unit, device=args.device,
         relevance=relevance_source(args.relevance_encoder),
     )
+    if args.out is not None:
+        refuse_non_directory(args.out)  # before minutes of generation, not after
     report, generations = compare_stages(config)
     if args.out is not None:
         write_stage_report(args.out, report, generations, config.stages)
@@ -232,6 +235,8 @@ def run_decoding(args: argparse.Namespace) -> int:
                                 seed=args.seed, unit=args.unit, device=args.device, relevance=relevance_source(args.relevance_encoder),
                                 template=args.template, force_template=args.force_template)
     trust_remote_code(args.trust_remote_code)
+    if args.out is not None:
+        refuse_non_directory(args.out)
     report, generations = compare_decodings(config)
     if args.out is not None:
         write_stage_report(args.out, report, generations)

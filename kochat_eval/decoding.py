@@ -16,6 +16,7 @@ import torch
 from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
 from kochat_eval.stages import Referees, answer_prompts, eval_prompts, prompt_set_hash, response_metrics
+from kochat_train.config import seed_problems
 from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, decoding_problems
 from kochat_train.relevance_scorer import BUNDLED
 from kochat_train.devices import resolve_device
@@ -45,7 +46,8 @@ class DecodingEvalConfig:
                 "num_return_sequences": 1, **self.decodings[name]}
 
     def problems(self) -> list[str]:
-        found = [f"--decoding {name}: {problem}" for name in self.decodings for problem in decoding_problems(self.settings(name))]
+        found = [f"--decoding {name}: {problem}" for name, given in self.decodings.items()
+                 for problem in decoding_problems({"max_new_tokens": self.max_new_tokens, **given})] + seed_problems(self.seed)
         if self.decodings and any(self.settings(name)["num_return_sequences"] != 1 for name in self.decodings):
             found.append("--decoding: num_return_sequences must be 1 here (one response per prompt and config)")
         for flag, value, least in (("--batch-size", self.batch_size, 1), ("--max-prompts", self.max_prompts, 0),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from kochat_data.schema import Kind
 from kochat_data.text import non_hangul_share
 from kochat_eval.judging import length_controlled_win_rate, paired_bootstrap_win_rate
 from kochat_eval.metrics import bootstrap_ci
+from kochat_train.config import seed_problems
+from kochat_train.decoding_flags import decoding_problems
 from kochat_train.devices import resolve_device
 from kochat_train.relevance_scorer import BUNDLED, optional_referee
 from kochat_train.reward_functions import parse_reward
@@ -61,12 +62,8 @@ class StageEvalConfig:
 
     def problems(self) -> list[str]:
         """Every out-of-range setting, named by its flag."""
-        temperature, top_p = self.decoding.get("temperature", 1.0), self.decoding.get("top_p", 1.0)
-        found = [] if math.isfinite(temperature) and temperature > 0 else [f"--temperature: expected a finite number > 0, got {temperature}"]
-        if not 0 < top_p <= 1:
-            found.append(f"--top-p: expected a number in (0, 1], got {top_p}")
-        for flag, value, least in (("--top-k", self.decoding.get("top_k", 0), 0), ("--max-new-tokens", self.decoding.get("max_new_tokens", 1), 1),
-                                   ("--batch-size", self.batch_size, 1), ("--max-prompts", self.max_prompts, 0)):
+        found = decoding_problems({"do_sample": True, **self.decoding}) + seed_problems(self.seed)  # the table samples
+        for flag, value, least in (("--batch-size", self.batch_size, 1), ("--max-prompts", self.max_prompts, 0)):
             if value < least:
                 found.append(f"{flag}: expected an integer ≥ {least}, got {value}")
         return found

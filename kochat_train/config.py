@@ -9,6 +9,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -27,11 +28,30 @@ SHARDINGS = ("none", "fsdp")  # kochat_train.sharding
 Config = TypeVar("Config", bound="TrainConfig")
 
 
-def option(default: Any, doc: str, **metadata: Any) -> Any:
-    """A config field with its one piece of documentation (also the CLI --help text); a list default is copied per config."""
+def option(default: Any, doc: str, check: Callable[[str, Any], list[str]] | None = None, **metadata: Any) -> Any:
+    """A config field with its one piece of documentation (also the CLI --help text) and, where the value has a
+    range of its own, its one check (`check(name, value)` → problems), run by `TrainConfig.problems` for every
+    config that has the field; a list default is copied per config."""
+    metadata = {"doc": doc, **({"check": check} if check else {}), **metadata}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": doc, **metadata})
-    return field(default=default, metadata={"doc": doc, **metadata})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def within_open(low: float, high: float) -> Callable[[str, Any], list[str]]:
+    return lambda name, value: [] if low < value < high else [f"'{name}' must be in ({low:g}, {high:g}), got {value}"]
+
+
+def one_of(*allowed: str) -> Callable[[str, Any], list[str]]:
+    return lambda name, value: [] if value in allowed else [f"'{name}' must be one of {', '.join(allowed)}, got {value!r}"]
+
+
+SEED_MAX = 2**32 - 1  # numpy's generator, which `transformers.set_seed` seeds too, takes no other seeds
+
+
+def seed_problems(seed: int) -> list[str]:
+    """The one check of a seed, for every command that takes one."""
+    return [] if 0 <= seed <= SEED_MAX else [f"seed must be an integer in [0, 2**32 - 1], got {seed}"]
 
 
 class ConfigError(UsageError):
@@ -109,6 +129,10 @@ class TrainConfig:
         """Everything wrong with the values, all at once."""
         found = [f"'{item.name}' must be a finite number, got {getattr(self, item.name)}" for item in dataclasses.fields(self)
                  if isinstance(getattr(self, item.name), float) and not math.isfinite(getattr(self, item.name))]
+        for item in dataclasses.fields(self):
+            if "check" in item.metadata:
+                found += item.metadata["check"](item.name, getattr(self, item.name))
+        found += seed_problems(self.seed)
         if self.data is None:
             found.append("'data' is required (a `kochat data build` directory)")
         if self.out is None:
@@ -160,14 +184,46 @@ class TrainConfig:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
+    """A JSON or TOML file whose top level is an object of settings."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise UsageError(f"{path}: cannot read config ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from None
     try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
         raise UsageError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({err})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: the top level must be an object of settings (name: value), got {shown(values)}")
+    return values
+
+
+def shown(value: Any) -> str:
+    """A config value as the user wrote it, for messages (JSON's names for null, lists and objects)."""
+    if value is None:
+        return "null"
+    if isinstance(value, list | dict):
+        return f"a {'list' if isinstance(value, list) else 'table'} ({json.dumps(value, ensure_ascii=False, default=str)[:60]})"
+    return repr(value)
+
+
+def converted_fields(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`values` converted to the types of the dataclass `cls`'s fields, and what could not be (unknown names,
+    wrong types, null for a field that takes none)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    problems = [f"unknown field '{name}' (known: {', '.join(known)})" for name in values if name not in known]
+    converted = {}
+    for name, value in values.items():
+        if name in known:
+            try:
+                if value is None and not takes_none(cls, name):
+                    raise TypeError(value)
+                converted[name] = _convert(value, field_type(cls, name))
+            except (TypeError, ValueError):
+                problems.append(f"'{name}': expected {_type_name(field_type(cls, name))}, got {shown(value)}")
+    return converted, problems
 
 
 def resolve_config(cls: type[Config], file: Path | None = None, **overrides: Any) -> Config:
@@ -175,15 +231,7 @@ def resolve_config(cls: type[Config], file: Path | None = None, **overrides: Any
     values: dict[str, Any] = read_config_file(file) if file is not None else {}
     values.update(overrides)
     where = str(file) if file is not None else cls.__name__
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    problems = [f"unknown field '{name}' (known: {', '.join(known)})" for name in values if name not in known]
-    converted = {}
-    for name, value in values.items():
-        if name in known:
-            try:
-                converted[name] = _convert(value, field_type(cls, name))
-            except (TypeError, ValueError):
-                problems.append(f"'{name}': expected {_type_name(field_type(cls, name))}, got {value!r}")
+    converted, problems = converted_fields(cls, values)
     if problems:
         raise ConfigError(problems, where)
     config = cls(**converted)
@@ -201,6 +249,11 @@ def field_type(cls: type, name: str) -> type:
     return hint
 
 
+def takes_none(cls: type, name: str) -> bool:
+    hint = typing.get_type_hints(cls)[name]
+    return (isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union) and type(None) in typing.get_args(hint)
+
+
 def _convert(value: Any, kind: type) -> Any:
     if value is None:
         return None
@@ -215,6 +268,8 @@ def _convert(value: Any, kind: type) -> Any:
         raise TypeError(value)
     if kind is float and isinstance(value, bool):
         raise TypeError(value)
+    if isinstance(value, list | dict) and not (kind is dict or typing.get_origin(kind) is dict):
+        raise TypeError(value)  # str() or Path() of a table would pass as a name
     return kind(value)
 
 

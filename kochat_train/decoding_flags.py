@@ -24,10 +24,19 @@ DECODING_OPTIONS: dict[str, tuple[type, object, str]] = {
 }
 
 
+# Settings that only shape sampling: given without do_sample, greedy and beam search ignore them.
+SAMPLING_ONLY = ("temperature", "top_k", "top_p")
+
+
 def decoding_problems(settings: dict) -> list[str]:
-    """What is wrong with decoding settings (names as in DECODING_OPTIONS), all at once."""
+    """What is wrong with the decoding settings given (names as in DECODING_OPTIONS; the others keep their
+    defaults), all at once: out-of-range values and settings that cannot work together."""
     found = [f"unknown decoding setting '{name}' (known: {', '.join(DECODING_OPTIONS)})" for name in settings if name not in DECODING_OPTIONS]
     value = {name: settings.get(name, default) for name, (_, default, _) in DECODING_OPTIONS.items()}
+    ignored = [name for name in SAMPLING_ONLY if name in settings and not value["do_sample"]]
+    if ignored:
+        found.append(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect without do_sample "
+                     "(greedy and beam search pick the likeliest tokens): add --do-sample, or do_sample=true in --decoding")
     for name in ("max_new_tokens", "num_beams", "num_return_sequences"):
         if value[name] < 1:
             found.append(f"{name} must be ≥ 1, got {value[name]}")
@@ -40,7 +49,10 @@ def decoding_problems(settings: dict) -> list[str]:
         found.append(f"top_p must be in (0, 1], got {value['top_p']}")
     if not (math.isfinite(value["repetition_penalty"]) and value["repetition_penalty"] > 0):
         found.append(f"repetition_penalty must be a finite number > 0, got {value['repetition_penalty']}")
-    if value["num_return_sequences"] > max(value["num_beams"], 1) and not value["do_sample"]:
+    if value["num_beams"] > 1 and value["num_return_sequences"] > value["num_beams"]:
+        found.append(f"num_return_sequences {value['num_return_sequences']} needs num_beams ≥ it (beam search returns "
+                     f"at most its {value['num_beams']} beams)")
+    elif value["num_beams"] <= 1 and value["num_return_sequences"] > 1 and not value["do_sample"]:
         found.append(f"num_return_sequences {value['num_return_sequences']} needs do_sample or num_beams ≥ it "
                      "(greedy decoding has one answer)")
     return found
@@ -57,6 +69,8 @@ def parse_decoding(spec: str) -> tuple[str, dict]:
         key = key.strip().replace("-", "_")
         if not sep or key not in DECODING_OPTIONS:
             raise UsageError(f"--decoding {spec!r}: {item!r} is not key=value with a key among {', '.join(DECODING_OPTIONS)}")
+        if key in settings:
+            raise UsageError(f"--decoding {spec!r}: {key} given twice")
         kind = DECODING_OPTIONS[key][0]
         try:
             settings[key] = {"true": True, "false": False}[text.strip().lower()] if kind is bool else kind(text)

@@ -18,6 +18,7 @@ from transformers import (
     set_seed,
 )
 
+from kochat_data.errors import UsageError
 from kochat_data.schema import PROMPT_MESSAGES, Kind
 from kochat_data.split import judge_prompt_ids
 from kochat_train import (
@@ -58,9 +59,14 @@ PAIR_COLUMNS = ["prompt", "chosen", "rejected", "chosen_rank", "rejected_rank"]
 
 def select_pairs(pairs: datasets.Dataset, which: str, judge_share: float) -> datasets.Dataset:
     """The train pairs of the proxy or the judge share (prompt-grouped, disjoint), or all of them."""
-    if which == "all":
+    if which == "all" or len(pairs) == 0:
         return pairs
-    judge = judge_prompt_ids(sorted(set(pairs["prompt_id"])), judge_share)
+    prompts = sorted(set(pairs["prompt_id"]))
+    judge = judge_prompt_ids(prompts, judge_share)
+    if len(judge) == (0 if which == "judge" else len(prompts)):
+        raise UsageError(f"--pairs {which}: the judge share {judge_share:g} holds {'none' if which == 'judge' else 'all'} of the "
+                         f"{len(prompts)} train prompts, so the {which} share has no pair; "
+                         f"{'raise' if which == 'judge' else 'lower'} --judge-share")
     return pairs.filter(lambda ids: [(pid in judge) == (which == "judge") for pid in ids], input_columns="prompt_id",
                         batched=True, keep_in_memory=True)
 
@@ -211,8 +217,7 @@ def train_rm(config: RewardConfig, callbacks: Sequence[TrainerCallback] = ()) ->
     columns = PAIR_COLUMNS + ([] if config.pairs == "all" else ["prompt_id"])
     data = stage_data.load_stage_data(config.data, Kind.RM, columns, "kochat train rm")
     data["train"] = select_pairs(data["train"], config.pairs, config.judge_share)
-    train_pairs = stage_data.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on (records with all ranks tied give none"
-                                       + ("" if config.pairs == "all" else f"; or none in the {config.pairs} share") + ")")
+    train_pairs = stage_data.require_rows(data, "train", config.data, Kind.RM, "no pairs to train on (records with all ranks tied give none)")
     if config.relevance_negatives:
         train_pairs = datasets.concatenate_datasets([train_pairs.select_columns(PAIR_COLUMNS + [PROMPT_MESSAGES]),
                                                      relevance_negatives(train_pairs, config.relevance_negatives, config.seed)])

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kochat_train.config import TrainConfig, option
+from kochat_train.config import TrainConfig, one_of, option, within_open
+from kochat_train.decoding_flags import decoding_problems
 
 PRESETS = {
     "tiny": {"vocab_size": 400, "n_layer": 1, "n_embd": 32, "n_head": 2},
@@ -61,9 +62,9 @@ class RewardConfig(TrainConfig):
     cpu_bf16_by_default = False  # see TrainConfig: bf16 cost the RM its rank-0-vs-1 accuracy
     model: str | None = option(None, "backbone: an SFT or base directory or hub name (a reward model directory continues training)")
     pairs: str = option("all", "train pairs: all; proxy (all but the judge share: the RM that PPO optimises); or judge "
-                        "(the judge share: an RM that referees the policy, never seen by the proxy)")
+                        "(the judge share: an RM that referees the policy, never seen by the proxy)", check=one_of(*PAIR_SETS))
     judge_share: float = option(0.5, "share of train prompts whose pairs belong to the judge, by a fixed hash of the prompt "
-                                "(the same in every run and for every seed)")
+                                "(the same in every run and for every seed)", check=within_open(0, 1))
     relevance_negatives: int = option(0, "per train prompt, this many extra pairs of its best answer against the best answer "
                                       "of another train prompt (relevance pairs like the data's rank 0 vs 1)")
     freeze_embeddings: bool = option(False, "keep the input embeddings fixed (a pretrained encoder's vocabulary table: 96M of "
@@ -71,12 +72,8 @@ class RewardConfig(TrainConfig):
 
     def problems(self) -> list[str]:
         found = super().problems() + ([] if self.model else ["'model' is required (SFT or base directory, or hub name)"])
-        if self.pairs not in PAIR_SETS:
-            found.append(f"'pairs' must be one of {', '.join(PAIR_SETS)}, got {self.pairs!r}")
         if self.relevance_negatives < 0:
             found.append(f"'relevance_negatives' must be ≥ 0, got {self.relevance_negatives}")
-        if not 0 < self.judge_share < 1:
-            found.append(f"'judge_share' must be in (0, 1), got {self.judge_share}")
         return found
 
 
@@ -113,14 +110,8 @@ class OnlineRLConfig(TrainConfig):
         found = super().problems() + (["'sft' is required"] if not self.sft else [])
         if self.eval_every < 0 or self.eval_prompts < 1:
             found.append(f"'eval_every' must be ≥ 0 and 'eval_prompts' ≥ 1, got {self.eval_every} and {self.eval_prompts}")
-        if self.max_new_tokens < 1:
-            found.append(f"'max_new_tokens' must be ≥ 1, got {self.max_new_tokens}")
-        if not self.temperature > 0:
-            found.append(f"'temperature' must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            found.append(f"'top_p' must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            found.append(f"'top_k' must be ≥ 0, got {self.top_k}")
+        found += decoding_problems({"do_sample": True, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                                    "top_k": self.top_k, "top_p": self.top_p})
         if not (self.alarm_length_ratio > 1 and self.alarm_share_rise > 0 and self.alarm_kl > 0 and self.alarm_judge_drop >= 0):
             found.append("alarm thresholds: 'alarm_length_ratio' must be > 1, 'alarm_share_rise' and 'alarm_kl' > 0, "
                          "'alarm_judge_drop' ≥ 0")
@@ -222,8 +213,9 @@ class DPOConfig(TrainConfig):
                                     "(against DPO's preference for long answers)")
     precompute_reference: bool = option(True, "compute the reference's log-probs once before training (one pass over the "
                                         "pairs) instead of a reference forward at every step")
-    pairs: str = option("all", "train pairs: all, proxy or judge (the shares of `kochat train rm --pairs`)")
-    judge_share: float = option(0.5, "share of train prompts that belongs to the judge (as in `kochat train rm`)")
+    pairs: str = option("all", "train pairs: all, proxy or judge (the shares of `kochat train rm --pairs`)", check=one_of(*PAIR_SETS))
+    judge_share: float = option(0.5, "share of train prompts that belongs to the judge (as in `kochat train rm`)",
+                                check=within_open(0, 1))
     learning_rate: float = option(5e-5, "peak learning rate (linear decay after warmup)")
 
     def problems(self) -> list[str]:
@@ -232,6 +224,4 @@ class DPOConfig(TrainConfig):
             found.append(f"'beta' must be > 0, got {self.beta}")
         if self.loss not in LOSSES:
             found.append(f"'loss' must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.pairs not in PAIR_SETS:
-            found.append(f"'pairs' must be one of {', '.join(PAIR_SETS)}, got {self.pairs!r}")
         return found

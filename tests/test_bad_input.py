@@ -139,8 +139,8 @@ def test_nan_or_out_of_range_numbers_on_the_command_line(run_cli, sft_command, t
 
 
 @pytest.mark.parametrize(("command", "needle"), [
-    (["eval", "stages", "--stage", "sft=X", "--reward-model", "X", "--data", "X", "--temperature", "nan"], "--temperature"),
-    (["eval", "stages", "--stage", "sft=X", "--reward-model", "X", "--data", "X", "--top-p", "1.5"], "--top-p"),
+    (["eval", "stages", "--stage", "sft=X", "--reward-model", "X", "--data", "X", "--temperature", "nan"], "temperature must be a finite number > 0"),
+    (["eval", "stages", "--stage", "sft=X", "--reward-model", "X", "--data", "X", "--top-p", "1.5"], "top_p must be in (0, 1]"),
     (["eval", "stages", "--stage", "sft=X", "--reward-model", "X", "--data", "X", "--batch-size", "0"], "--batch-size"),
     (["eval", "rm", "--model", "X", "--data", "X", "--max-length", "0"], "--max-length"),
     (["train", "ppo", "--data", "X", "--sft", "X", "--rm", "X", "--out", "X", "--kl-coef", "nan"], "'kl_coef' must be a finite number"),
