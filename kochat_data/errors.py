@@ -54,3 +54,17 @@ class InvalidDataError(KochatError):
 
     def lines(self) -> list[str]:
         return [str(problem) for problem in self.problems] + ([self.summary] if self.summary else [])
+
+
+class Interrupted(KochatError):
+    """A stage stopped by SIGINT or SIGTERM after saving a checkpoint (`kochat_train.interrupts`); the CLI names
+    the command that goes on from it."""
+
+    exit_code = 130  # 128 + SIGINT, as the shell reports an interrupted command
+
+    def __init__(self, message: str, resume_hint: str = "the same command with --resume"):
+        self.message, self.resume_hint = message, resume_hint
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        return [f"{self.message}; to go on: {self.resume_hint}"]

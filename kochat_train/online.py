@@ -21,12 +21,13 @@ import torch
 from transformers import set_seed
 
 from kochat_data.atomic import check_writable
-from kochat_data.errors import KochatError, UsageError
+from kochat_data.errors import Interrupted, KochatError, UsageError
 from kochat_data.progress import progress_bar, stderr_console
 from kochat_data.schema import Kind
 from kochat_train import (
     devices,
     distributed,
+    interrupts,
     outputs,
     sharding,
     stage_data,
@@ -134,7 +135,7 @@ def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_ou
     generator = torch.Generator().manual_seed(config.seed)
     started, last = time.perf_counter(), {}
     tracker = open_tracker(config.report_to, out, stage, config.to_json()) if distributed.is_main_process() else None
-    with progress_bar(enabled=distributed.is_main_process()) as progress, closing_tracker(tracker):
+    with progress_bar(enabled=distributed.is_main_process()) as progress, closing_tracker(tracker), interrupts.steps():
         task = progress.add_task(f"train {stage}", total=steps, completed=start)
         if config.eval_every:
             watch.begin(start, tracker)
@@ -162,10 +163,13 @@ def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_ou
             progress.update(task, completed=step + 1, description=f"train {stage} · {trainer.headline} {stats[trainer.headline]:.3f}{kl}")
             # Evaluated before the checkpoint of this step: a run resumed from it never evaluates this step again.
             alarms = watch.check(step + 1, tracker) if config.eval_every and ((step + 1) % config.eval_every == 0 or step + 1 == steps) else []
-            if (step + 1) % config.save_steps == 0 or step + 1 == steps or (alarms and config.stop_on_hacking):
+            stopping = interrupts.stop_requested()
+            if (step + 1) % config.save_steps == 0 or step + 1 == steps or (alarms and config.stop_on_hacking) or stopping:
                 save_state(out, stage, trainer, step + 1, config.save_total_limit)
             if alarms and config.stop_on_hacking:
                 raise RewardHacking(f"{stage}: stopped at step {step + 1} (--stop-on-hacking): {alarms[0]}; {_kept(out, stage)}")
+            if stopping:
+                raise Interrupted(f"{stage}: stopped after step {step + 1}, saved in {out / outputs.CHECKPOINTS / f'checkpoint-{step + 1}'}")
     last.update(watch.scores)
     if watch.fired:
         last["alarms"] = list(watch.fired.values())

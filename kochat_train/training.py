@@ -13,8 +13,9 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import SCHEDULER_NAME
 
-from kochat_data.errors import KochatError
+from kochat_data.errors import Interrupted, KochatError
 from kochat_data.progress import progress_bar
+from kochat_train import interrupts
 from kochat_train.config import TrainConfig
 from kochat_train.devices import resolve_device, uses_bf16
 from kochat_train.distributed import all_reduce_sum, is_main_process, rank_and_world
@@ -198,6 +199,18 @@ class RichProgress(TrainerCallback):
             self.progress = None
 
 
+class StopOnSignal(TrainerCallback):
+    """After the step in which SIGINT or SIGTERM came (`interrupts`): save a checkpoint there and end training."""
+
+    def __init__(self):
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if interrupts.stop_requested():
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+
 def fit(
     trainer: Trainer,
     config: TrainConfig,
@@ -213,9 +226,14 @@ def fit(
     for callback in (MetricsLog(out / METRICS_FILE, stage), RichProgress(stage), *([TrackerCallback(tracker)] if tracker else []),
                      *callbacks):
         trainer.add_callback(callback)
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
     started = time.perf_counter()
     with closing_tracker(tracker):
-        train_output = trainer.train(resume_from_checkpoint=resume_from)
+        with interrupts.steps():
+            train_output = trainer.train(resume_from_checkpoint=resume_from)
+        if stop.stopped_at is not None:
+            raise Interrupted(f"{stage}: stopped after step {stop.stopped_at}, saved in {out / CHECKPOINTS / f'checkpoint-{stop.stopped_at}'}")
         final = _final_eval(trainer)
     final.update({key: value for key, value in train_output.metrics.items() if key in ("train_loss", "train_runtime")})
     final["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -1,0 +1,57 @@
+"""Ctrl-C (SIGINT) and SIGTERM while a stage trains: the first asks it to stop after the step it is in, save a
+checkpoint there and exit with `Interrupted` (exit 130), whose one line says how to resume; a second stops at once
+(KeyboardInterrupt), leaving the last checkpoint saved before it.
+
+Outside a training loop (loading, tokenizing, evaluating, writing) either signal stops at once: there is no step
+to finish. Under torchrun every process gets the signal; they agree (`stop_requested`) so that all of them stop
+after the same step, as their collectives need.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_state = {"stepping": False, "requested": None}  # the name of the signal that asked for a stop, if one did
+
+
+def _on_signal(number: int, _frame) -> None:
+    if not _state["stepping"] or _state["requested"] is not None:
+        raise KeyboardInterrupt
+    _state["requested"] = signal.Signals(number).name
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"\n{_state['requested']}: stopping after this step to save a checkpoint (again to stop at once)", file=sys.stderr, flush=True)
+
+
+def install() -> None:
+    """SIGTERM is handled as Ctrl-C is (Python's default would end the process without a word); called by the CLI."""
+    if threading.current_thread() is threading.main_thread():
+        for number in SIGNALS:
+            signal.signal(number, _on_signal)
+
+
+@contextmanager
+def steps() -> Iterator[None]:
+    """Within it, a first signal is remembered for `stop_requested` instead of stopping at once."""
+    _state.update(stepping=True, requested=None)
+    try:
+        yield
+    finally:
+        _state.update(stepping=False, requested=None)
+
+
+def stop_requested() -> bool:
+    """Whether any process was asked to stop (one all-reduce under torchrun, so that every process agrees)."""
+    asked = _state["requested"] is not None
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([float(asked)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        asked = bool(flag.item())
+    return asked
