@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 
@@ -24,6 +25,7 @@ from kochat_train.rm import PAIR_COLUMNS
 from kochat_train.stage_data import load_stage_data, require_rows
 from kochat_train.devices import resolve_device
 from kochat_train.sources import capped_length, load_causal_lm, load_tokenizer
+from kochat_train.template import IGNORE_INDEX
 
 # The pairs that differ in relevance only: both answers are fluent, one answers another question.
 RELEVANCE_RANKS = (0, 1)
@@ -41,6 +43,29 @@ def relevance_accuracy(conditional: np.ndarray, unconditional: np.ndarray) -> di
     return {"relevance_accuracy": float(np.mean(lift[:, 0] > lift[:, 1])),
             "conditional_accuracy": float(np.mean(conditional[:, 0] > conditional[:, 1])),
             "mean_lift_right": float(lift[:, 0].mean()), "mean_lift_other": float(lift[:, 1].mean())}
+
+
+def answer_tokens(labels: list[int]) -> int:
+    return sum(label != IGNORE_INDEX for label in labels)
+
+
+def same_answer_tokens(with_question: datasets.Dataset, without_question: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Both tokenisations of each answer cut to as many answer tokens as both keep. Cut to the positions, an answer
+    after its question keeps fewer tokens than after no question; log-probs summed over different tokens would
+    compare a short piece with a long one (seen: 0.917 on a tiny model, 0.28 on the same tokens)."""
+    keep = {side: [min(answer_tokens(a), answer_tokens(b)) for a, b in zip(with_question[f"{side}_labels"], without_question[f"{side}_labels"],
+                                                                             strict=True)]
+            for side in ("chosen", "rejected")}
+
+    def cut(row: dict, index: int) -> dict:
+        cut_row = {}
+        for side in ("chosen", "rejected"):
+            labels = row[f"{side}_labels"]
+            end = len(labels) - answer_tokens(labels) + keep[side][index]  # the answer is the labelled tail
+            cut_row[f"{side}_ids"], cut_row[f"{side}_labels"] = row[f"{side}_ids"][:end], labels[:end]
+        return cut_row
+
+    return tuple(features.map(cut, with_indices=True, keep_in_memory=True) for features in (with_question, without_question))
 
 
 @torch.no_grad()
@@ -61,8 +86,9 @@ def probe_relevance(model_dir: str | Path, data_dir: Path, max_pairs: int = 0, b
     model = load_causal_lm(model_dir, tokenizer).eval().to(resolve_device(device))
     max_length = capped_length(max_length, model)
     collate = PreferenceCollator(tokenizer)
-    with_question = tokenize_preferences(pairs, tokenizer, max_length)
-    without_question = tokenize_preferences(pairs.map(lambda row: {"prompt": "", PROMPT_MESSAGES: ""}, keep_in_memory=True), tokenizer, max_length)
+    with_question, without_question = same_answer_tokens(
+        tokenize_preferences(pairs, tokenizer, max_length),
+        tokenize_preferences(pairs.map(lambda row: {"prompt": "", PROMPT_MESSAGES: ""}, keep_in_memory=True), tokenizer, max_length))
     conditional = np.stack(pair_sequence_logprobs(with_question, model, collate, batch_size), axis=1)
     unconditional = np.stack(pair_sequence_logprobs(without_question, model, collate, batch_size), axis=1)
     return {"model": str(model_dir), "data": str(data_dir), "split": split, "pairs": len(pairs), "max_length": max_length,
