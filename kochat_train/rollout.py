@@ -57,8 +57,12 @@ NEUTRAL_DECODING = {
 
 
 def decoding_config(tokenizer: PreTrainedTokenizerBase, **settings) -> GenerationConfig:
-    """A complete GenerationConfig: full-distribution sampling with the KV cache, changed only by `settings`."""
-    return GenerationConfig(**{**NEUTRAL_DECODING, **settings, "pad_token_id": tokenizer.pad_token_id,
+    """A complete GenerationConfig: full-distribution sampling with the KV cache, changed only by `settings`.
+    The unknown token is never generated: it stands for a character the tokenizer does not have, so it can only
+    be dropped from the text (unless it is also the end token, as in GPT-2's tokenizer)."""
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id}
+    unknown = [tokenizer.unk_token_id] if tokenizer.unk_token_id is not None and tokenizer.unk_token_id not in ends else None
+    return GenerationConfig(**{**NEUTRAL_DECODING, **settings, "pad_token_id": tokenizer.pad_token_id, "suppress_tokens": unknown,
                                "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id})
 
 

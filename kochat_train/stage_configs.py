@@ -22,7 +22,8 @@ LOSSES = ("sigmoid", "ipo")
 @dataclass
 class BaseConfig(TrainConfig):
     preset: str = option("small", f"model size: {', '.join(PRESETS)} (tiny is for tests)")
-    vocab_size: int | None = option(None, "BPE vocabulary size, special tokens included (default: the preset's)")
+    vocab_size: int | None = option(None, "BPE vocabulary size, special tokens included: up to 7/8 of it the corpus's "
+                                    "most frequent characters, the rest their merges (default: the preset's)")
     n_layer: int | None = option(None, "transformer blocks (default: the preset's)")
     n_embd: int | None = option(None, "hidden width (default: the preset's)")
     n_head: int | None = option(None, "attention heads; must divide n_embd (default: the preset's)")
@@ -43,7 +44,7 @@ class BaseConfig(TrainConfig):
             found.append("'template': the offline base is trained on the kochatgpt template only")
         config = self.resolved()
         if config.vocab_size < 300:
-            found.append(f"'vocab_size' must be ≥ 300 (256 bytes + special tokens), got {config.vocab_size}")
+            found.append(f"'vocab_size' must be ≥ 300 (the most frequent characters, their merges and 4 special tokens), got {config.vocab_size}")
         if config.n_embd % config.n_head:
             found.append(f"'n_head' ({config.n_head}) must divide 'n_embd' ({config.n_embd})")
         return found

@@ -64,17 +64,35 @@ def test_the_corpus_puts_each_answer_after_its_question_in_the_template(tiny_bas
     assert Corpus.of(data, "train").without(corpus).dialogues == []
 
 
+def test_answers_sampled_from_the_offline_base_hold_no_broken_character(tiny_base, sample_data):
+    """What a new user sees first: no U+FFFD in sampled answers, however wild the sampling."""
+    from kochat_train.rollout import decoding_config, generate, response_texts
+
+    tokenizer = load_tokenizer(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    prompts = datasets.load_from_disk(str(sample_data / "ppo"))["train"]["prompt"][:16]
+    torch.manual_seed(0)
+    decoding = decoding_config(tokenizer, do_sample=True, temperature=1.5, top_k=0, max_new_tokens=24, num_return_sequences=4)
+    answers = response_texts(tokenizer, generate(model, tokenizer, prompts, 64, decoding))
+    assert len(answers) == 64 and sum(len(answer) for answer in answers) > 64 * 5
+    assert [answer for answer in answers if "\ufffd" in answer] == []
+
+
 def test_base_writes_a_loadable_model_and_tokenizer(tiny_base):
     files = {path.name for path in tiny_base.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "kochat_config.json", "metrics.jsonl", "kochat_stage.json"} <= files
     tokenizer = load_tokenizer(tiny_base)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    assert tokenizer.decode(tokenizer("안녕하세요 반가워요")["input_ids"]) == "안녕하세요 반가워요"
+    # Characters, not bytes: every token decodes to whole characters; a character outside the alphabet is <unk>.
+    assert not [token for token in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([token])]
+    assert tokenizer.decode(tokenizer("질문 답 하나", add_special_tokens=False)["input_ids"]) == "질문 답 하나"
+    assert tokenizer("質", add_special_tokens=False)["input_ids"] == [tokenizer.unk_token_id]
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
     assert (model.config.n_layer, model.config.n_embd) == (1, 32)
     assert model.config.pad_token_id == tokenizer.pad_token_id
     stage = json.loads((tiny_base / "kochat_stage.json").read_text())
     assert stage["metrics"]["eval_perplexity"] > 1 and stage["metrics"]["unigram_perplexity"] > 1
+    assert 0 <= stage["metrics"]["unknown_token_share"] < 0.05  # the tiny preset's 346 characters cover the sample
     assert json.loads((tiny_base / "kochat_config.json").read_text())["n_embd"] == 32  # resolved from the preset
 
 
