@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,20 +115,32 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
     data's ~1,450 all fit the default 8,000; the tiny preset's 400 keep the 346 most frequent. Any other character reads as <unk>, which generation never writes (`rollout.decoding_config`); a
     byte fallback would read it whole, but its byte tokens could be sampled out of order again. Spaces become ▁
     (SentencePiece's convention) so that merges may start a word with its space, as byte-level BPE's Ġ did."""
+    texts = list(texts)
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
     tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")
+    alphabet = character_alphabet(texts, vocab_size - len(SPECIAL_TOKENS) - vocab_size // 8)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS.values()),
-        limit_alphabet=vocab_size - len(SPECIAL_TOKENS) - vocab_size // 8,
+        # The trainer's own cut of the alphabet breaks ties of frequency by hash order, which differs from run to run
+        # (and between torchrun's processes, which then trained on different token ids): the alphabet is chosen here.
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
     trained = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
     trained.chat_template = KOCHATGPT_CHAT_TEMPLATE  # the corpus's dialogues are written in it
     return trained
+
+
+def character_alphabet(texts: Sequence[str], size: int) -> list[str]:
+    """The `size` most frequent characters of `texts`, spaces as Metaspace writes them (▁); ties go to the lower
+    code point, so every run and every process picks the same."""
+    counts = Counter(char for text in texts for char in text.replace(" ", "▁"))
+    return [char for char, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:size]]
 
 
 def pack_blocks(documents: list[tuple[list[int], list[int]]], block_size: int) -> tuple[np.ndarray, np.ndarray]:

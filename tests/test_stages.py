@@ -64,6 +64,19 @@ def test_the_corpus_puts_each_answer_after_its_question_in_the_template(tiny_bas
     assert Corpus.of(data, "train").without(corpus).dialogues == []
 
 
+def test_the_offline_tokenizer_is_the_same_in_every_run(sample_data):
+    """Its alphabet is cut by frequency with ties by code point: the trainer's own cut followed hash order, and
+    two torchrun processes trained on different token ids."""
+    from kochat_train.base import character_alphabet, train_tokenizer
+
+    assert character_alphabet(["aab c", "b"], 2) == ["a", "b"] and character_alphabet(["ba c"], 3) == ["a", "b", "c"]
+    assert character_alphabet(["a b"], 1) == ["a"] and "▁" in character_alphabet(["a b c"], 4)
+    sft = datasets.load_from_disk(str(sample_data / "sft"))["train"]
+    texts = list(sft["prompt"]) + list(sft["completion"])
+    vocabularies = {json.dumps(train_tokenizer(texts, 400, 2).get_vocab(), sort_keys=True) for _ in range(4)}
+    assert len(vocabularies) == 1
+
+
 def test_answers_sampled_from_the_offline_base_hold_no_broken_character(tiny_base, sample_data):
     """What a new user sees first: no U+FFFD in sampled answers, however wild the sampling."""
     from kochat_train.rollout import decoding_config, generate, response_texts
