@@ -104,7 +104,8 @@ def test_chat_end_to_end_through_piped_stdin(tiny_base):
     result = subprocess.run([sys.executable, "-m", "kochat", "chat", "--model", str(tiny_base), "--max-new-tokens", "5", "--do-sample"],
                             input="안녕?\n뭐 해?\n/exit\n무시됨\n", capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert [line.startswith("<챗봇> ") for line in result.stdout.splitlines()] == [True, True]
+    # Two answers, the input after /exit unread; an answer may hold a line break of its own.
+    assert result.stdout.startswith("<챗봇> ") and result.stdout.count("<챗봇> ") == 2
     assert "Traceback" not in result.stderr
 
 

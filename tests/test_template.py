@@ -26,10 +26,10 @@ def test_sft_labels_ignore_the_prompt_only():
 
 def test_encoded_example_ends_with_the_eos_id(tiny_base):
     tokenizer = load_tokenizer(tiny_base)
-    [(ids, start)] = encode_examples(tokenizer, ["안녕?"], ["반가워요."], max_length=64)
+    [(ids, start)] = encode_examples(tokenizer, ["질문?"], ["답 하나."], max_length=64)
     assert ids[-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(ids[:start]) == render_prompt("안녕?")
-    assert tokenizer.decode(ids[start:-1]) == "반가워요."
+    assert tokenizer.decode(ids[:start]) == render_prompt("질문?")
+    assert tokenizer.decode(ids[start:-1]) == "답 하나."
 
 
 def test_batch_masks_prompt_and_padding_and_keeps_eos(tiny_base):
