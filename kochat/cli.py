@@ -120,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     named = next((arg for arg in argv if not arg.startswith("-")), None)
     try:
         args = build_parser(named).parse_args(argv)  # a flag's own parser may refuse its value with a KochatError
-        if named in ("train", "pipeline"):
-            from kochat_train import interrupts
+        if named not in ("train", "pipeline"):
+            return args.run(args) or 0
+        from kochat_train import interrupts
 
-            interrupts.install()
-        return args.run(args) or 0
+        with interrupts.handled():
+            return args.run(args) or 0
     except Interrupted as err:
         err.resume_hint = resume_command(argv)
         if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from the first process

@@ -30,11 +30,19 @@ def _on_signal(number: int, _frame) -> None:
         print(f"\n{_state['requested']}: stopping after this step to save a checkpoint (again to stop at once)", file=sys.stderr, flush=True)
 
 
-def install() -> None:
-    """SIGTERM is handled as Ctrl-C is (Python's default would end the process without a word); called by the CLI."""
-    if threading.current_thread() is threading.main_thread():
-        for number in SIGNALS:
-            signal.signal(number, _on_signal)
+@contextmanager
+def handled() -> Iterator[None]:
+    """Within it (a command's run; entered by the CLI), SIGTERM is handled as Ctrl-C is, where Python's default would
+    end the process without a word; the handlers before it come back after."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+    previous = {number: signal.signal(number, _on_signal) for number in SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @contextmanager

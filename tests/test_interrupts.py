@@ -82,3 +82,9 @@ def test_the_command_that_goes_on_resumes_a_stage_and_reruns_a_pipeline():
     assert resume_command(["train", "sft", "--out", "o", "--overwrite"]) == "kochat train sft --out o --resume"
     assert resume_command(["train", "dpo", "--out", "a b", "--resume"]) == "kochat train dpo --out 'a b' --resume"
     assert resume_command(["pipeline", "--out", "o"]) == "kochat pipeline --out o"
+
+
+def test_a_command_run_in_process_gives_the_signal_handlers_back(run_cli):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert run_cli("train", "sft", "--data", "X", "--model", "X", "--out", "X", "--seed", -1)[0] == 2
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
