@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import shlex
@@ -120,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     named = next((arg for arg in argv if not arg.startswith("-")), None)
     try:
         args = build_parser(named).parse_args(argv)  # a flag's own parser may refuse its value with a KochatError
-        if named not in ("train", "pipeline"):
-            return args.run(args) or 0
-        from kochat_train import interrupts
+        handling = contextlib.nullcontext()
+        if named in ("train", "pipeline"):  # `interrupts` imports torch: not for the commands that run without it
+            from kochat_train import interrupts
 
-        with interrupts.handled():
+            handling = interrupts.handled()
+        with handling:
             return args.run(args) or 0
     except Interrupted as err:
         err.resume_hint = resume_command(argv)

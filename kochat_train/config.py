@@ -241,17 +241,21 @@ def resolve_config(cls: type[Config], file: Path | None = None, **overrides: Any
     return config
 
 
-def field_type(cls: type, name: str) -> type:
-    """The concrete type of a field (`Path | None` → Path)."""
+def _hint(cls: type, name: str) -> tuple[type, bool]:
+    """A field's concrete type and whether it takes None (`Path | None` → Path, True)."""
     hint = typing.get_type_hints(cls)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return hint
+        arguments = typing.get_args(hint)
+        return next(arg for arg in arguments if arg is not type(None)), type(None) in arguments
+    return hint, False
+
+
+def field_type(cls: type, name: str) -> type:
+    return _hint(cls, name)[0]
 
 
 def takes_none(cls: type, name: str) -> bool:
-    hint = typing.get_type_hints(cls)[name]
-    return (isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union) and type(None) in typing.get_args(hint)
+    return _hint(cls, name)[1]
 
 
 def _convert(value: Any, kind: type) -> Any:

@@ -24,6 +24,11 @@ DECODING_OPTIONS: dict[str, tuple[type, object, str]] = {
 }
 
 
+def with_defaults(settings: dict) -> dict:
+    """Every decoding setting: the defaults of DECODING_OPTIONS, then `settings`."""
+    return {**{name: default for name, (_, default, _) in DECODING_OPTIONS.items()}, **settings}
+
+
 # Settings that only shape sampling: given without do_sample, greedy and beam search ignore them.
 SAMPLING_ONLY = ("temperature", "top_k", "top_p")
 
@@ -32,7 +37,7 @@ def decoding_problems(settings: dict) -> list[str]:
     """What is wrong with the decoding settings given (names as in DECODING_OPTIONS; the others keep their
     defaults), all at once: out-of-range values and settings that cannot work together."""
     found = [f"unknown decoding setting '{name}' (known: {', '.join(DECODING_OPTIONS)})" for name in settings if name not in DECODING_OPTIONS]
-    value = {name: settings.get(name, default) for name, (_, default, _) in DECODING_OPTIONS.items()}
+    value = with_defaults(settings)
     ignored = [name for name in SAMPLING_ONLY if name in settings and not value["do_sample"]]
     if ignored:
         found.append(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect without do_sample "

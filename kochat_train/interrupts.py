@@ -14,9 +14,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-import torch
 import torch.distributed as dist
+
+from kochat_data.errors import Interrupted
+from kochat_train import distributed, outputs
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _state = {"stepping": False, "requested": None}  # the name of the signal that asked for a stop, if one did
@@ -56,10 +59,10 @@ def steps() -> Iterator[None]:
 
 
 def stop_requested() -> bool:
-    """Whether any process was asked to stop (one all-reduce under torchrun, so that every process agrees)."""
-    asked = _state["requested"] is not None
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        flag = torch.tensor([float(asked)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        asked = bool(flag.item())
-    return asked
+    """Whether any process was asked to stop (gathered under torchrun, so that every process agrees)."""
+    return any(distributed.gather_objects(_state["requested"] is not None))
+
+
+def stopped(stage: str, out: Path, step: int) -> Interrupted:
+    """What a stage raises once it has saved the checkpoint of `step` after a signal."""
+    return Interrupted(f"{stage}: stopped after step {step}, saved in {out / outputs.CHECKPOINTS / f'checkpoint-{step}'}")

@@ -21,7 +21,7 @@ import torch
 from transformers import set_seed
 
 from kochat_data.atomic import check_writable
-from kochat_data.errors import Interrupted, KochatError, UsageError
+from kochat_data.errors import KochatError, UsageError
 from kochat_data.progress import progress_bar, stderr_console
 from kochat_data.schema import Kind
 from kochat_train import (
@@ -169,7 +169,7 @@ def run(trainer, config: OnlineRLConfig, stage: str, prompts: list[str], held_ou
             if alarms and config.stop_on_hacking:
                 raise RewardHacking(f"{stage}: stopped at step {step + 1} (--stop-on-hacking): {alarms[0]}; {_kept(out, stage)}")
             if stopping:
-                raise Interrupted(f"{stage}: stopped after step {step + 1}, saved in {out / outputs.CHECKPOINTS / f'checkpoint-{step + 1}'}")
+                raise interrupts.stopped(stage, out, step + 1)
     last.update(watch.scores)
     if watch.fired:
         last["alarms"] = list(watch.fired.values())

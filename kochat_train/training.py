@@ -13,7 +13,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import SCHEDULER_NAME
 
-from kochat_data.errors import Interrupted, KochatError
+from kochat_data.errors import KochatError
 from kochat_data.progress import progress_bar
 from kochat_train import interrupts
 from kochat_train.config import TrainConfig
@@ -233,7 +233,7 @@ def fit(
         with interrupts.steps():
             train_output = trainer.train(resume_from_checkpoint=resume_from)
         if stop.stopped_at is not None:
-            raise Interrupted(f"{stage}: stopped after step {stop.stopped_at}, saved in {out / CHECKPOINTS / f'checkpoint-{stop.stopped_at}'}")
+            raise interrupts.stopped(stage, out, stop.stopped_at)
         final = _final_eval(trainer)
     final.update({key: value for key, value in train_output.metrics.items() if key in ("train_loss", "train_runtime")})
     final["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -24,17 +24,22 @@ def start_kochat(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kochat", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def kill_when(child: subprocess.Popen, ready, timeout: float = 120) -> None:
-    """SIGKILL `child` as soon as `ready()` holds; fail if it ends first (it was not killed mid-run)."""
+def signal_when(child: subprocess.Popen, ready, number: int, timeout: float = 120, poll: float = 0.002) -> None:
+    """Send signal `number` to `child` as soon as `ready()` holds; fail if it ends first (it was not stopped mid-run)."""
     deadline = time.monotonic() + timeout
     while not ready():
         if child.poll() is not None:
-            pytest.fail(f"the run ended (exit {child.returncode}) before it could be killed: {child.stderr.read().decode()[-2000:]}")
+            pytest.fail(f"the run ended (exit {child.returncode}) before the signal: {child.stderr.read().decode()[-2000:]}")
         if time.monotonic() > deadline:
             child.kill()
-            pytest.fail("timed out waiting for the moment to kill")
-        time.sleep(0.002)
-    child.send_signal(signal.SIGKILL)
+            pytest.fail("timed out waiting for the moment to signal")
+        time.sleep(poll)
+    child.send_signal(number)
+
+
+def kill_when(child: subprocess.Popen, ready, timeout: float = 120) -> None:
+    """SIGKILL `child` as soon as `ready()` holds."""
+    signal_when(child, ready, signal.SIGKILL, timeout)
     assert child.wait() == -signal.SIGKILL
 
 

@@ -6,27 +6,18 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from kochat.cli import resume_command
 from tests.conftest import TINY
-from tests.test_fault_tolerance import flag_args
+from tests.test_fault_tolerance import flag_args, signal_when
 
 
-def signal_when(child: subprocess.Popen, ready, number: int, timeout: float = 120) -> tuple[int, str]:
+def stop_when(child: subprocess.Popen, ready, number: int) -> tuple[int, str]:
     """Send `number` to `child` once `ready()` holds; returns its exit code and the last line of its stderr."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if child.poll() is not None:
-            pytest.fail(f"the run ended (exit {child.returncode}) before the signal: {child.stderr.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            child.kill()
-            pytest.fail("timed out waiting for the moment to signal")
-        time.sleep(0.01)
-    child.send_signal(number)
+    signal_when(child, ready, number, poll=0.01)
     _, err = child.communicate(timeout=120)
     lines = err.decode("utf-8").strip().splitlines()
     assert "Traceback" not in err.decode("utf-8"), err.decode("utf-8")[-3000:]
@@ -55,7 +46,7 @@ def test_a_signal_stops_a_stage_after_its_step_with_a_checkpoint_to_go_on_from(s
     inputs = {"model": tiny_base} if stage == "sft" else {"sft": tiny_base, "reward": f"rm={tiny_rm}", "group_size": 2,
                                                           "max_new_tokens": 4}
     settings = {"data": sample_data, "out": out, **inputs, **TINY, "max_steps": 5000, "save_steps": 100000}
-    code, line = signal_when(start("train", stage, *flag_args(settings)), lambda: len(steps_logged(out)) >= 3, number)
+    code, line = stop_when(start("train", stage, *flag_args(settings)), lambda: len(steps_logged(out)) >= 3, number)
     stopped = steps_logged(out)[-1]
     assert code == 130, line
     assert line.startswith(f"{stage}: stopped after step ") and "to go on: kochat train" in line and line.endswith("--resume"), line
@@ -69,7 +60,7 @@ def test_a_signal_stops_a_stage_after_its_step_with_a_checkpoint_to_go_on_from(s
 
 def test_an_interrupted_pipeline_stage_goes_on_from_its_checkpoint(tiny_base, tmp_path):
     out = tmp_path / "run"
-    code, line = signal_when(start("pipeline", "--model", tiny_base, "--stages", "sft", "--out", out),
+    code, line = stop_when(start("pipeline", "--model", tiny_base, "--stages", "sft", "--out", out),
                              lambda: (out / "sft" / "kochat_config.json").exists(), signal.SIGINT)
     assert code == 130 and "sft: stopped after step" in line and line.endswith(f"to go on: kochat pipeline --model {tiny_base} "
                                                                                f"--stages sft --out {out}"), line

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import kochat.pipeline
-from conftest import REPO, TINY
+from conftest import REPO
 
 GENERATE = ["generate", "--max-new-tokens", 4]
 DECODING = ["eval", "decoding", "--max-prompts", 2, "--max-new-tokens", 4]
