@@ -22,6 +22,7 @@ COMMANDS = {
     "generate": ("kochat.talk", "register_generate", "responses of a trained model to prompts"),
     "chat": ("kochat.talk", "register_chat", "chat with a trained model in the terminal"),
     "score": ("kochat.talk", "register_score", "the reward model's score of responses"),
+    "label": ("kochat_human.cli", "register", "people rank answers in a browser; export their rankings as RM data"),
 }
 
 

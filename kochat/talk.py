@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kochat_data.errors import InvalidDataError, Problem, UsageError
-from kochat_data.reading import BOT, HUMAN, read_text
+from kochat_data.reading import BOT, HUMAN
 from kochat_train.cli import add_reading_flags
 from kochat_train.config import seed_problems
-from kochat_train.decoding_flags import DECODING_OPTIONS, decoding_problems, with_defaults
+from kochat_train.decoding_flags import add_decoding_flags, decoding_problems, given_decoding, with_defaults
 
 
 def register_generate(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +57,7 @@ def register_score(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="any stage directory (base, sft, ppo, dpo) or a hub name")
-    for name, (kind, default, doc) in DECODING_OPTIONS.items():
-        flag = "--" + name.replace("_", "-")
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", default=None, help=doc)
-        else:  # None until given: a sampling setting given without --do-sample is refused
-            parser.add_argument(flag, type=kind, help=f"{doc} (default: {default})")
+    add_decoding_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--max-length", type=int, default=512, help="prompt tokens kept, the newest (default: 512, at most "
                                                                      "the model's positions less --max-new-tokens)")
@@ -72,7 +67,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def decoding_settings(args: argparse.Namespace) -> dict:
     """The decoding flags as GenerationConfig settings (the defaults where not given); every problem reported at once."""
-    given = {name: getattr(args, name) for name in DECODING_OPTIONS if getattr(args, name) is not None}
+    given = given_decoding(args)
     problems = decoding_problems(given) + seed_problems(args.seed)
     if args.max_length < 1:
         problems.append(f"max_length must be ≥ 1, got {args.max_length}")
@@ -83,17 +78,9 @@ def decoding_settings(args: argparse.Namespace) -> dict:
 
 def read_prompts(path: Path) -> list[str]:
     """Prompts of a file: validated PPO-style records when it is JSON, else its non-blank lines."""
-    from kochat_data.schema import Kind
-    from kochat_data.validate import raise_for_problems, validate_file
+    from kochat_data.validate import read_prompt_records
 
-    text, _ = read_text(path)
-    if not text.strip():
-        raise UsageError(f"{path}: no prompt in the file (it is empty or holds only blank lines)")
-    if not text.lstrip().startswith(("{", "[")):
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    validated = validate_file(path, Kind.PPO)
-    raise_for_problems([validated])
-    return [record["prompt"] for record in validated.records]
+    return [record["prompt"] for record in read_prompt_records(path)[0]]
 
 
 def read_scoring_pairs(path: Path) -> tuple[list[str], list[str]]:

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from kochat_data.columnar import read_clean_frame
 from kochat_data.errors import InvalidDataError, Problem, UsageError
-from kochat_data.reading import FileFormat, SourceRecord, detect_format, read_bytes
+from kochat_data.reading import FileFormat, SourceRecord, detect_format, read_bytes, read_text
 from kochat_data.tables import read_source, table_format
 from kochat_data.schema import Kind, check_record, conversation_records, detect_kind
 
@@ -141,3 +141,18 @@ def raise_for_problems(files: list[ValidatedFile], hint: str = "") -> None:
     if invalid:
         problems = [problem for validated in invalid for problem in validated.problems]
         raise InvalidDataError(problems, "\n".join([*(validated.summary() for validated in invalid), *([hint] if hint else [])]))
+
+
+def read_prompt_records(path: Path) -> tuple[list[dict], str]:
+    """The prompts of a file, each `{prompt, prompt_messages}` (the conversation, or None for a lone question), and
+    the file's sha256: validated PPO-style records when it is JSON or a table (TRL prompt-only too), else its
+    non-blank lines."""
+    if table_format(path) is None:
+        text, sha256 = read_text(path)
+        if not text.strip():
+            raise UsageError(f"{path}: no prompt in the file (it is empty or holds only blank lines)")
+        if not text.lstrip().startswith(("{", "[")):
+            return [{"prompt": line.strip(), "prompt_messages": None} for line in text.splitlines() if line.strip()], sha256
+    validated = validate_file(path, Kind.PPO)
+    raise_for_problems([validated])
+    return validated.records, validated.sha256

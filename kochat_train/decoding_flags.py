@@ -24,6 +24,24 @@ DECODING_OPTIONS: dict[str, tuple[type, object, str]] = {
 }
 
 
+def add_decoding_flags(parser, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per decoding setting (`--max-new-tokens`, `--do-sample`, …) but those in `exclude`; each is None until
+    given, so that a sampling setting given without --do-sample can be refused."""
+    for name, (kind, default, doc) in DECODING_OPTIONS.items():
+        if name in exclude:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=doc)
+        else:
+            parser.add_argument(flag, type=kind, help=f"{doc} (default: {default})")
+
+
+def given_decoding(args) -> dict:
+    """The decoding settings a command line gave (`add_decoding_flags`), by name."""
+    return {name: value for name in DECODING_OPTIONS if (value := getattr(args, name, None)) is not None}
+
+
 def with_defaults(settings: dict) -> dict:
     """Every decoding setting: the defaults of DECODING_OPTIONS, then `settings`."""
     return {**{name: default for name, (_, default, _) in DECODING_OPTIONS.items()}, **settings}
