@@ -134,6 +134,9 @@ class LabelStore:
         if not self.path.is_file():
             raise UsageError(f"{self.path.parent}: not a label project (no {DATABASE}); make one with `kochat label new`")
         self._local = threading.local()
+        # One writer at a time inside the process: threads queue on this lock instead of meeting SQLite's busy handler,
+        # whose sleeps (up to 100 ms each) would make the slowest votes slow. Only one server runs per project.
+        self._writing = threading.Lock()
         try:
             version = self._connection().execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         except sqlite3.DatabaseError as err:
@@ -156,7 +159,7 @@ class LabelStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
-        with _transaction(connection):
+        with self._writing, _transaction(connection):
             yield connection
 
     # Annotators
@@ -212,12 +215,16 @@ class LabelStore:
         return self.item(row[0]), order
 
     def progress(self, annotator: Annotator) -> tuple[int, int]:
-        """(items this person has answered, those plus what is open or still open to them)."""
+        """(items this person has answered, those plus what is open or still open to them). Counted over the
+        assignments, not the items: the cost grows with the work done, not with the size of the project."""
         db = self._connection()
         done, mine = db.execute("SELECT COUNT(outcome), COUNT(*) FROM assignments WHERE annotator = ?", (annotator.id,)).fetchone()
-        more = db.execute(f"SELECT COUNT(*) FROM items i WHERE {_OPEN_TO}",
-                          (annotator.id, time.time() - LEASE_SECONDS, self.annotators_per_item)).fetchone()[0]
-        return done, mine + more
+        items = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        full_to_others = db.execute(
+            "SELECT COUNT(*) FROM (SELECT item FROM assignments WHERE outcome IN ('rank', 'flag') OR (outcome IS NULL AND touched_at > ?) "
+            "GROUP BY item HAVING COUNT(*) >= ?) WHERE item NOT IN (SELECT item FROM assignments WHERE annotator = ?)",
+            (time.time() - LEASE_SECONDS, self.annotators_per_item, annotator.id)).fetchone()[0]
+        return done, items - full_to_others
 
     # Votes
 

@@ -13,8 +13,9 @@ UNTRUSTED = ['<script>window.__pwned = 1</script>스크립트 답', '<img src=x 
 def candidates_file(path: Path, items: int = 6, k: int = 3, untrusted: bool = False) -> Path:
     records = [{"prompt": f"질문 {n}: 바다는 왜 파란가요?", "completions": [f"답 {n}-{a}: 햇빛이 흩어지기 때문이에요." for a in range(k)]}
                for n in range(items)]
-    if untrusted:
-        records[0] = {"prompt": "<b>굵게</b> 보이면 안 되는 질문", "completions": UNTRUSTED[:k]}
+    if untrusted:  # every record: whichever comes first is markup
+        records = [{"prompt": f"<b>굵게</b> 보이면 안 되는 질문 {n}", "completions": [f"{text} {n}" for text in UNTRUSTED[:k]]}
+                   for n in range(items)]
     path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
     return path
 
