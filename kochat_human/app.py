@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kochat_human.export import export_records
 from kochat_human.project import guidelines
 from kochat_human.schemas import ItemOut, NextOut, Progress, UndoIn, UndoOut, VoteIn, VoteOut
-from kochat_human.status import project_status
+from kochat_human.status import json_safe, project_status
 from kochat_human.store import Annotator, LabelStore, Refusal
 
 MAX_BODY_BYTES = 16 * 1024
@@ -139,17 +139,6 @@ def export(store: LabelStore = Depends(store_of), format: str = Query("kochatgpt
     records, vote_lines, _ = export_records(store, "kochatgpt" if format == "votes" else format, min_annotators)
     rows = vote_lines if format == "votes" else records
     return Response("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), media_type="application/x-ndjson")
-
-
-def json_safe(value):
-    """NaN (no agreement to measure yet) as null: JSON has no NaN."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -18,19 +18,20 @@ from kochat_data.validate import read_prompt_records
 MOST_ANSWERS = 9  # the page places answers by the keys 1 … 9
 
 
-def read_prompts(source: Path) -> tuple[list[dict], dict]:
-    """The prompts of a file (PPO records, TRL prompt-only, text lines, a table), or of a build directory's held-out
-    eval split: the prompts no stage trained on."""
+def read_prompts(source: Path, split: str = "eval") -> tuple[list[dict], dict]:
+    """The prompts of a file (PPO records, TRL prompt-only, text lines, a table), or of one split of a build
+    directory's PPO prompts: `eval`, the prompts no stage trained on (to judge stages by); `train`, those whose
+    rankings a later build keeps in its train split (a build puts a prompt on the same side every time)."""
     source = Path(source)
     if (source / "manifest.json").is_file() and (source / Kind.PPO.value).is_dir():
         from kochat_train.stage_data import dataset_prompts, load_stage_data
 
-        rows = load_stage_data(source, Kind.PPO, ["prompt"], "kochat label new")["eval"]
+        rows = load_stage_data(source, Kind.PPO, ["prompt"], "kochat label new")[split]
         prompts = dataset_prompts(rows)
         records = [{"prompt": text, "prompt_messages": prompt if isinstance(prompt, list) else None}
                    for text, prompt in zip(rows["prompt"], prompts, strict=True)]
         sha256 = hashlib.sha256((source / "manifest.json").read_bytes()).hexdigest()
-        return records, {"path": str(source), "format": "build eval split", "sha256": sha256, "records": len(records)}
+        return records, {"path": str(source), "format": f"build {split} split", "sha256": sha256, "records": len(records)}
     if source.is_dir() and not any((source / name).is_file() for name in ("dataset_info.json", "dataset_dict.json")):
         raise UsageError(f"{source}: a directory that is no `kochat data build` output (no manifest.json and ppo/); give a prompt "
                          "file or a build directory")

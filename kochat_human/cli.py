@@ -30,6 +30,9 @@ def register(label: argparse.ArgumentParser) -> None:
     new.add_argument("--stage", action="append", default=[], metavar="NAME=DIR", help="a stage that answers (repeatable, up to 4)")
     new.add_argument("--prompts", type=Path, metavar="SOURCE", help="prompts: a PPO file, a build directory (its eval split), "
                                                                     "text lines, TRL prompt-only")
+    new.add_argument("--split", default="eval", choices=("eval", "train"),
+                     help="with a build directory as --prompts: eval (no stage trained on them: to judge stages) or train "
+                          "(a rebuild keeps their rankings in its train split: to train on)")
     new.add_argument("--candidates", type=Path, metavar="FILE", help="JSON Lines of {prompt, completions: [...]}, or KoChatGPT RM "
                                                                      "records (a ranking there is ignored)")
     new.add_argument("--on-invalid", default="fail", choices=("fail", "skip"),
@@ -72,17 +75,12 @@ def register(label: argparse.ArgumentParser) -> None:
     export.set_defaults(run=run_export)
 
 
-def parse_stage_flags(specs: list[str]) -> dict[str, Path]:
-    from kochat_eval.cli import parse_stages
-
-    return parse_stages(specs)
-
-
 def run_new(args: argparse.Namespace) -> int:
     from kochat_data.progress import progress_bar
+    from kochat_eval.cli import parse_stages
     from kochat_human.project import LabelProjectConfig, new_project
 
-    config = LabelProjectConfig(out=args.out, stages=parse_stage_flags(args.stage), prompts=args.prompts, candidates=args.candidates,
+    config = LabelProjectConfig(out=args.out, stages=parse_stages(args.stage), prompts=args.prompts, split=args.split, candidates=args.candidates,
                                 on_invalid=args.on_invalid, k=args.k, annotators_per_item=args.annotators_per_item, max_prompts=args.max_prompts, seed=args.seed,
                                 decoding=given_decoding(args), batch_size=args.batch_size, max_length=args.max_length,
                                 device=args.device, overwrite=args.overwrite)
@@ -138,9 +136,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from kochat_human.app import json_safe
     from kochat_human.project import open_project
-    from kochat_human.status import project_status
+    from kochat_human.status import json_safe, project_status
 
     status = project_status(open_project(args.project))
     if args.json:

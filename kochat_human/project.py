@@ -47,6 +47,9 @@ class LabelProjectConfig:
     """Stages that write the answers: one sampled k times, or 2 … 4 answering once each."""
     prompts: Path | None = None
     """The prompts the stages answer: a PPO file, a build directory (its held-out eval prompts), text lines, TRL prompt-only."""
+    split: str = "eval"
+    """With a build directory as --prompts: its eval prompts (no stage trained on them: to judge stages by) or its train
+    prompts (rankings a rebuild keeps for training)."""
     candidates: Path | None = None
     """Answers given as they are: JSON Lines of {prompt, completions: […]}, or KoChatGPT RM records (any ranking is ignored)."""
     on_invalid: str = "fail"
@@ -81,6 +84,8 @@ class LabelProjectConfig:
                          "sample k answers from one stage instead")
         if len(self.stages) == 1 and not with_defaults(self.decoding)["do_sample"]:
             found.append("answers from one stage: add --do-sample (greedy decoding writes the same answer every time)")
+        if self.split not in ("train", "eval"):
+            found.append(f"--split: expected train or eval, got {self.split!r}")
         if self.on_invalid not in ("fail", "skip"):
             found.append(f"--on-invalid: expected fail or skip, got {self.on_invalid!r}")
         if self.candidates and self.decoding:
@@ -110,7 +115,7 @@ def new_project(config: LabelProjectConfig, progress: Callable[[str, int], Calla
     if config.candidates:
         records, source, rejects = read_candidates(config.candidates, config.on_invalid)
     else:
-        records, source = read_prompts(config.prompts)
+        records, source = read_prompts(config.prompts, config.split)
     records, duplicates = _fold_duplicates(records)
     order = np.random.default_rng(config.seed).permutation(len(records))
     records = [records[i] for i in (order[: config.max_prompts] if config.max_prompts else order)]

@@ -60,3 +60,14 @@ def stage_first(items, rankings: dict[str, list]) -> list[dict] | None:
                 first[stage] += share
     return [{"stage": stage, "first_share": first[stage] / votes[stage] if votes[stage] else None, "votes": votes[stage]}
             for stage in stages]
+
+
+def json_safe(value):
+    """NaN (no agreement to measure yet) as null: JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    return value

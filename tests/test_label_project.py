@@ -42,6 +42,15 @@ def test_one_stage_sampled_k_times_gives_the_same_items_for_the_same_seed(run_cl
     assert manifest["sources"]["stages"]["base"]["sha256"] == hashlib.sha256((tiny_base / "model.safetensors").read_bytes()).hexdigest()
     assert manifest["decoding"]["do_sample"] is True and manifest["decoding"]["max_new_tokens"] == 6 and manifest["seed"] == 3
     assert manifest["k"] == [3] and manifest["counts"]["items"] == len(one)
+    assert manifest["sources"]["prompts"]["format"] == "build eval split"
+
+    # --split train: prompts whose rankings a rebuild keeps for training
+    import datasets
+
+    assert run_cli("label", "new", "--out", tmp_path / "train", *flags, "--split", "train", "--max-prompts", "3")[0] == 0
+    train_prompts = set(datasets.load_from_disk(str(sample_data / "ppo"))["train"]["prompt"])
+    assert {row[2] for row in items_of(tmp_path / "train")} <= train_prompts and len(items_of(tmp_path / "train")) == 3
+    assert not {row[2] for row in one} & train_prompts
 
 
 def test_several_stages_answer_once_each_and_status_says_whose_answer_people_ranked_first(run_cli, tiny_base, kogpt2_shaped, tmp_path):
