@@ -191,3 +191,31 @@ def test_admin_export_and_status_over_http(served):
     assert len(lines) == 2 and all("ranking" in json.loads(line) for line in lines)  # 민지 and 준호 share item 1; 서연 has item 2
     assert len(client.get("/api/admin/export?format=votes", headers=admin).text.splitlines()) == 3
     assert client.get("/api/admin/export?format=../../etc", headers=admin).status_code == 422
+
+
+def test_serve_prints_every_link_refuses_a_second_server_and_stops_on_ctrl_c(tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    project, store, people = make_project(tmp_path)
+    command = [sys.executable, "-m", "kochat", "label", "serve", str(project), "--port", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = [server.stdout.readline() for _ in range(len(people) + 2)]
+        address = re.search(r"at (http://127\.0\.0\.1:\d+) ", lines[0]).group(1)
+        for person in people.values():
+            assert any(line.strip() == f"{person.name}: {address}/label/{person.token}" for line in lines)
+        assert lines[-1].strip() == f"admin token (status and export over HTTP): {store.admin_token}"
+        with urllib.request.urlopen(f"{address}/label/{people['민지'].token}") as page:
+            assert b"/static/label.js" in page.read()
+        second = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and f"already served by `kochat label serve` (pid {server.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    assert server.returncode == 0 and "Traceback" not in err
