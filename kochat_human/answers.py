@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import set_seed
@@ -16,13 +17,16 @@ from kochat_train.rollout import decoding_config, generate, response_texts
 from kochat_train.sources import inference_dtype, load_causal_lm, load_tokenizer
 from kochat_train.template import Prompt
 
+if TYPE_CHECKING:  # project.py imports this module only when stages answer
+    from kochat_human.project import LabelProjectConfig
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 @torch.no_grad()
-def answer_with_stages(config, prompts: list[Prompt], progress: Callable[[str, int], Callable[[int], None]] | None = None
-                       ) -> list[tuple[list[str], list[str]]]:
-    """(answers, the stage of each) for every prompt under `config` (a `LabelProjectConfig`)."""
+def answer_with_stages(config: LabelProjectConfig, prompts: list[Prompt],
+                       progress: Callable[[str, int], Callable[[int], None]] | None = None) -> list[tuple[list[str], list[str]]]:
+    """(answers, the stage of each) for every prompt under `config`."""
     device = resolve_device(config.device)
     copies = 1 if len(config.stages) > 1 else config.answers_per_prompt
     settings = with_defaults({**config.decoding, "num_return_sequences": copies})

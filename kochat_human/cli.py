@@ -132,6 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"  admin token (status and export over HTTP): {store.admin_token}", flush=True)
 
     serve(args.project, args.host, args.port, announce)
+    print(f"kochat label: stopped; every vote acknowledged is in {args.project}")
     return 0
 
 

@@ -20,7 +20,8 @@ from kochat_data.atomic import atomic_directory, check_writable
 from kochat_data.errors import UsageError
 from kochat_data.text import fold
 from kochat_human.candidates import read_candidates, read_prompts
-from kochat_human.store import DATABASE, Item, LabelStore, create_database
+from kochat_human.database import DATABASE, create_database
+from kochat_human.store import Item, LabelStore
 from kochat_train.config import seed_problems
 from kochat_train.decoding_flags import decoding_problems, with_defaults
 

@@ -89,4 +89,7 @@ def serve(project: Path, host: str = "127.0.0.1", port: int = 8000, announce: Ca
         port = sock.getsockname()[1]
         server = uvicorn.Server(uvicorn.Config(create_app(project, store), log_level="warning", access_log=False))
         announce(store, public_address(host, port))
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn shuts down gracefully, then raises the signal again: Ctrl-C is how a server stops
+            pass
