@@ -71,6 +71,20 @@ def test_several_stages_answer_once_each_and_status_says_whose_answer_people_ran
     assert first == {"base": pytest.approx(2.5 / 3), "kogpt": pytest.approx(0.5 / 3)}  # the tie shares its first place
     assert status["votes"] == 3 and status["items_done"] == 3 and status["annotators"][0]["median_seconds"] == 2.0
 
+    # TRL prompt-only conversations: answered in their template, shown as dialogue text, exported as messages
+    conversations = tmp_path / "conversations.jsonl"
+    dialogue = [{"role": "user", "content": "안녕?"}, {"role": "assistant", "content": "안녕하세요."}, {"role": "user", "content": "바다는 왜 파래?"}]
+    conversations.write_text(json.dumps({"prompt": dialogue}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert run_cli("label", "new", "--out", tmp_path / "chat", "--stage", f"base={tiny_base}", "--prompts", conversations,
+                   "--do-sample", "--max-new-tokens", "4", "--annotators-per-item", "1")[0] == 0
+    store = open_project(tmp_path / "chat")
+    (item,) = store.items()
+    assert "바다는 왜 파래?" in item.prompt and json.loads(item.prompt_messages) == dialogue
+    person = store.invite(["민지"])[0][0]
+    rank(store, person, item, [1, 0], "vote-chat-1")
+    assert run_cli("label", "export", tmp_path / "chat", "--out", tmp_path / "chat.jsonl")[0] == 0
+    assert json.loads((tmp_path / "chat.jsonl").read_text(encoding="utf-8"))["prompt"] == dialogue
+
 
 def test_candidates_from_the_unranked_fork_file(run_cli, shared_data, tmp_path):
     source = shared_data / "odd" / "qwawa_sft_completions_no_ranking.json"
