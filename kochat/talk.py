@@ -25,7 +25,8 @@ from kochat_train.decoding_flags import add_decoding_flags, decoding_problems, g
 def register_generate(parser: argparse.ArgumentParser) -> None:
     parser.description = "Responses of any stage (or hub model) to prompts given as arguments or in a file."
     parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts to answer (also read from --file)")
-    parser.add_argument("--file", type=Path, metavar="F", help="prompts: text lines, or JSON Lines / a JSON array of {\"prompt\": …}")
+    parser.add_argument("--file", type=Path, metavar="F", help="prompts: text lines, JSON Lines / a JSON array of {\"prompt\": …}, "
+                                                               "or a table (CSV, Parquet) with a prompt column")
     parser.add_argument("--raw", action="store_true", help="feed the prompts as they are, without the KoChatGPT template")
     parser.add_argument("--json", action="store_true", help="one JSON line per response: prompt, response, tokens, eos")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default: 16)")

@@ -80,8 +80,9 @@ def run_new(args: argparse.Namespace) -> int:
     from kochat_eval.cli import parse_stages
     from kochat_human.project import LabelProjectConfig, new_project
 
-    config = LabelProjectConfig(out=args.out, stages=parse_stages(args.stage), prompts=args.prompts, split=args.split, candidates=args.candidates,
-                                on_invalid=args.on_invalid, k=args.k, annotators_per_item=args.annotators_per_item, max_prompts=args.max_prompts, seed=args.seed,
+    config = LabelProjectConfig(out=args.out, stages=parse_stages(args.stage), prompts=args.prompts, split=args.split,
+                                candidates=args.candidates, on_invalid=args.on_invalid, k=args.k,
+                                annotators_per_item=args.annotators_per_item, max_prompts=args.max_prompts, seed=args.seed,
                                 decoding=given_decoding(args), batch_size=args.batch_size, max_length=args.max_length,
                                 device=args.device, overwrite=args.overwrite)
     if config.stages:
@@ -95,7 +96,8 @@ def run_new(args: argparse.Namespace) -> int:
     counts = manifest["counts"]
     folded = f", {counts['duplicates']} duplicates folded" if counts["duplicates"] else ""
     folded += f", {counts['rejected']} invalid in {args.out / 'rejects.jsonl'}" if counts["rejected"] else ""
-    print(f"{args.out}: {counts['items']} items of {'/'.join(map(str, manifest['k']))} answers from {counts['read']} records{folded}; "
+    answers = "/".join(map(str, manifest["k"]))
+    print(f"{args.out}: {counts['items']} items of {answers} answers from {counts['read']} records{folded}; "
           f"each to {manifest['annotators_per_item']} people")
     print(f"next: kochat label invite {args.out} NAME …   then   kochat label serve {args.out}")
     return 0
@@ -160,7 +162,8 @@ def run_status(args: argparse.Namespace) -> int:
     if shared["items"] == 0:
         console.print("agreement: no item is ranked by two people yet")
     else:
-        console.print(f"agreement over {shared['items']} items ranked by ≥ 2 people: pairwise {_with_ci(shared['pairwise'], shared['pairwise_ci'])}, "
+        console.print(f"agreement over {shared['items']} items ranked by ≥ 2 people: "
+                      f"pairwise {_with_ci(shared['pairwise'], shared['pairwise_ci'])}, "
                       f"Krippendorff's alpha (ordinal) {_with_ci(shared['alpha'], shared['alpha_ci'])}")
     if status["stage_first"]:
         stages = Table(title="whose answer people ranked first")
