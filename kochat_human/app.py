@@ -98,11 +98,6 @@ def static(name: str) -> Response:
 votes = APIRouter(prefix="/api")
 
 
-def _progress(store: LabelStore, person: Annotator) -> Progress:
-    done, total = store.progress(person)
-    return Progress(done=done, total=total)
-
-
 @votes.get("/next", response_model=NextOut)
 def next_item(request: Request, person: Annotator = Depends(annotator), store: LabelStore = Depends(store_of)) -> NextOut:
     found = store.next_item(person)
@@ -110,14 +105,15 @@ def next_item(request: Request, person: Annotator = Depends(annotator), store: L
     if found is not None:
         shown, order = found
         item = ItemOut(id=shown.id, prompt=shown.prompt, answers=[shown.completions[answer] for answer in order])
-    return NextOut(annotator=person.name, progress=_progress(store, person), item=item, last_vote=store.last_vote(person),
+    done, total = store.progress(person)
+    return NextOut(annotator=person.name, progress=Progress(done=done, total=total), item=item, last_vote=store.last_vote(person),
                    guidelines=guidelines(request.app.state.project))
 
 
 @votes.post("/votes", response_model=VoteOut)
 def vote(body: VoteIn, person: Annotator = Depends(annotator), store: LabelStore = Depends(store_of)) -> VoteOut:
     stored = store.record(person, body.item, body.kind, body.ranking, body.client_vote_id, body.seconds)
-    return VoteOut(stored=stored, progress=_progress(store, person))
+    return VoteOut(stored=stored)
 
 
 @votes.post("/undo", response_model=UndoOut)

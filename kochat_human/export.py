@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
 
 from kochat_data.errors import UsageError
 from kochat_eval.agreement import aggregate_ranking, preference_pairs
-from kochat_human.store import Item, LabelStore
+from kochat_human.store import Item, LabelStore, rankings_and_flags
 
 FORMATS = ("kochatgpt", "trl")
 
@@ -48,15 +47,11 @@ def export_labels(store: LabelStore, out: Path, file_format: str = "kochatgpt", 
 def export_records(store: LabelStore, file_format: str, min_annotators: int = 1, keep_flagged: bool = False) -> tuple[list, list, dict]:
     """(records, raw vote lines: every vote, skip and flag that stands, counts)."""
     items = {item.id: item for item in store.items()}
-    rankings, flagged, vote_lines = defaultdict(list), set(), []
-    for vote in store.votes():
-        if vote.kind == "flag":
-            flagged.add(vote.item)
-        if vote.kind == "rank":
-            rankings[vote.item].append(vote.ranking)
-        vote_lines.append({"item": vote.item, "annotator": vote.annotator, "kind": vote.kind, "prompt": items[vote.item].prompt,
-                           "ranking": vote.ranking, "shown_order": vote.shown_order, "seconds": vote.seconds,
-                           "client_vote_id": vote.client_vote_id, "voted_at": vote.created_at})
+    votes = store.votes()
+    rankings, flagged = rankings_and_flags(votes)
+    vote_lines = [{"item": vote.item, "annotator": vote.annotator, "kind": vote.kind, "prompt": items[vote.item].prompt,
+                   "ranking": vote.ranking, "shown_order": vote.shown_order, "seconds": vote.seconds,
+                   "client_vote_id": vote.client_vote_id, "voted_at": vote.created_at} for vote in votes]
     records = []
     counts = {"items": 0, "records": 0, "votes": 0, "unranked": 0, "too_few_votes": 0, "flagged": 0, "empty_answers_left_out": 0,
               "too_few_answers": 0, "all_tied": 0}

@@ -55,8 +55,9 @@ class NextOut(BaseModel):
 
 
 class VoteOut(BaseModel):
+    """The page asks /api/next for what comes next (and the progress), so a vote's answer carries nothing more."""
+
     stored: bool = Field(description="False when this client vote id was stored already")
-    progress: Progress
 
 
 class UndoOut(BaseModel):

@@ -4,10 +4,9 @@ admin API returns it)."""
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
 
 from kochat_eval.agreement import agreement, first_shares
-from kochat_human.store import LabelStore
+from kochat_human.store import LabelStore, rankings_and_flags
 
 
 def project_status(store: LabelStore, resamples: int = 1000) -> dict:
@@ -17,16 +16,12 @@ def project_status(store: LabelStore, resamples: int = 1000) -> dict:
     items = store.items()
     votes = store.votes()
     per_person = {annotator.name: {"name": annotator.name, "ranked": 0, "skips": 0, "flags": 0, "seconds": []} for annotator in store.annotators()}
-    rankings, flagged = defaultdict(list), set()
+    rankings, flagged = rankings_and_flags(votes)
     for vote in votes:
         person = per_person[vote.annotator]
         person[{"rank": "ranked", "skip": "skips", "flag": "flags"}[vote.kind]] += 1
-        if vote.kind == "rank":
-            rankings[vote.item].append(vote.ranking)
-            if vote.seconds is not None:
-                person["seconds"].append(vote.seconds)
-        elif vote.kind == "flag":
-            flagged.add(vote.item)
+        if vote.kind == "rank" and vote.seconds is not None:
+            person["seconds"].append(vote.seconds)
     needed = store.annotators_per_item
     people = []
     for person in per_person.values():

@@ -14,6 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +63,17 @@ class Vote:
     seconds: float | None
     client_vote_id: str
     created_at: float
+
+
+def rankings_and_flags(votes: Sequence[Vote]) -> tuple[dict[str, list[list[int]]], set[str]]:
+    """Each item's rankings (one per person who ranked it) and the items someone flagged."""
+    rankings, flagged = defaultdict(list), set()
+    for vote in votes:
+        if vote.kind == "rank":
+            rankings[vote.item].append(vote.ranking)
+        elif vote.kind == "flag":
+            flagged.add(vote.item)
+    return rankings, flagged
 
 
 def shown_order(seed: int, annotator: str, item: str, count: int) -> list[int]:
